@@ -1,0 +1,15 @@
+//! The one protobuf source of shopmesh.
+//!
+//! Every `.proto` in this folder is compiled here, once: tonic clients and servers for each
+//! service (`shopmesh::<service>::v1`), the event payloads (`shopmesh::events::v1`), and the
+//! encoded [`FILE_DESCRIPTOR_SET`] that the edge reads to transcode JSON, validate requests and
+//! generate OpenAPI. Nothing else in the workspace copies a proto.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/packages.rs"));
+
+/// The encoded `FileDescriptorSet` of every shopmesh proto and its imports, with options
+/// (`google.api.http`, `buf.validate`, `shopmesh.options.v1.access`) and source comments intact.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));

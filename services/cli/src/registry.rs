@@ -1,0 +1,7 @@
+//! The one list of services `shopmesh up` hosts. Adding a service is one line here (see
+//! `docs/adding-a-service.md`); `up` starts them in this order.
+
+use shopmesh_host::Service;
+
+/// Every service of the platform.
+pub static SERVICES: &[&'static dyn Service] = &[];

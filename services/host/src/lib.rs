@@ -1,0 +1,172 @@
+//! Hosts shopmesh services in a process. The same code runs one service (`shopmesh-<service>`,
+//! distributed mode) or all of them (`shopmesh up`): it loads the [`PlatformConfig`], opens the
+//! event bus, binds every service's listener, starts each [`Service`] as a real gRPC server,
+//! serves the admin port, and on SIGINT or SIGTERM drains everything within a bounded time.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod launch;
+mod service;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use figment::Figment;
+use shopmesh_kit::admin::{self, Readiness};
+use shopmesh_kit::{Shutdown, grpc};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
+
+pub use config::{AdminConfig, PlatformConfig};
+pub use launch::launch;
+pub use service::{Migrations, Peers, Service, ServiceContext, Store, section};
+
+/// A hosted component's line of the start-up banner: name and URL.
+fn announce(component: &str, url: &str) {
+    println!("  {component:<14} {url}");
+}
+
+/// Runs `services` until shutdown. `figment` holds the merged configuration layers, from which
+/// each service reads its own `services.<name>` section.
+pub async fn run(
+    config: PlatformConfig,
+    figment: Figment,
+    services: &[&'static dyn Service],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    println!(
+        "shopmesh {} starting, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.data_dir.display()
+    );
+    // Install the recorder before anything records, and say which build is running.
+    shopmesh_kit::telemetry::metrics();
+    metrics::gauge!("shopmesh_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+
+    let readiness = Readiness::new();
+    readiness.register("events");
+    for service in services {
+        readiness.register(service.name());
+    }
+    let admin_listener = bind(config.admin.listen, "admin").await?;
+    let admin_address = admin_listener.local_addr()?;
+    let mut servers = JoinSet::new();
+    servers.spawn({
+        let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+        async move {
+            admin::serve(admin_listener, readiness, shutdown)
+                .await
+                .context("admin server failed")
+        }
+    });
+    announce(
+        "admin",
+        &format!("http://{admin_address}  (/healthz /readyz /metrics)"),
+    );
+
+    let events = config
+        .events
+        .connect(&config.data_dir)
+        .await
+        .context("cannot open the event bus")?;
+    readiness.set("events", true);
+
+    // Bind every listener before starting any service, so each knows where its peers are.
+    let mut listeners = Vec::with_capacity(services.len());
+    let mut addresses = config.peers.clone();
+    for service in services {
+        let address = config
+            .listen
+            .get(service.name())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = bind(address, service.name()).await?;
+        addresses.insert(
+            service.name().to_owned(),
+            format!("http://{}", listener.local_addr()?),
+        );
+        listeners.push(listener);
+    }
+    let peers = Peers::new(addresses);
+
+    let tasks = TaskTracker::new();
+    for (service, listener) in services.iter().zip(listeners) {
+        let name = service.name();
+        let context = ServiceContext {
+            name,
+            section: figment.clone().focus(&format!("services.{name}")),
+            data_dir: config.data_dir.clone(),
+            storage: config.storage.clone(),
+            events: events.clone(),
+            peers: peers.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tasks.clone(),
+        };
+        let routes = service
+            .start(context)
+            .await
+            .with_context(|| format!("{name} failed to start"))?;
+        let address = listener.local_addr()?;
+        let shutdown = shutdown.clone();
+        servers.spawn(async move {
+            grpc::serve(name, routes, listener, shutdown)
+                .await
+                .with_context(|| format!("{name} server failed"))
+        });
+        readiness.set(name, true);
+        announce(name, &format!("grpc://{address}"));
+    }
+    println!(
+        "shopmesh is ready in {} ms (Ctrl-C stops)",
+        started.elapsed().as_millis()
+    );
+    tracing::info!(
+        services = services.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+
+    // Run until a signal, or until any server fails (which stops the rest).
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown.wait() => {}
+        Some(result) = servers.join_next() => {
+            failure = flatten(result).err();
+            shutdown.trigger();
+        }
+    }
+    tasks.close();
+    let drained = tokio::time::timeout(shopmesh_kit::shutdown::DEFAULT_DRAIN, async {
+        while let Some(result) = servers.join_next().await {
+            if let Err(error) = flatten(result) {
+                failure.get_or_insert(error);
+            }
+        }
+        tasks.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(after = ?shopmesh_kit::shutdown::DEFAULT_DRAIN, "drain timed out; stopping with work in flight");
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.context("server task panicked")?
+}
+
+async fn bind(address: SocketAddr, component: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{component}: cannot listen on {address}"))
+}

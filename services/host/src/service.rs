@@ -1,0 +1,124 @@
+//! The contract between a service and the process hosting it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use figment::Figment;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shopmesh_events::EventBus;
+use shopmesh_kit::grpc::{self, PeerChannel};
+use shopmesh_kit::{ConfigError, Error, Shutdown, Validate};
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::{Migration, StorageConfig, StorageError};
+use tokio_util::task::TaskTracker;
+
+/// A shopmesh service: a name, its own configuration section, and a start function returning
+/// its gRPC routes. Implemented once per service crate; listed once in the `shopmesh` CLI's
+/// registry and given to its own `shopmesh-<service>` binary.
+#[async_trait]
+pub trait Service: Send + Sync + 'static {
+    /// Stable name: the config section `services.<name>`, the database file, the keyspace, the
+    /// discovery name and the binary `shopmesh-<name>`.
+    fn name(&self) -> &'static str;
+
+    /// Extracts and validates this service's section; returns it rendered with secrets
+    /// redacted, for `--check-config`.
+    fn check_config(&self, section: &Figment) -> Result<String, ConfigError>;
+
+    /// Opens what the service needs and returns its routes. Long-running work (consumers,
+    /// relays) goes to [`ServiceContext::spawn`], which the host drains at shutdown.
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes>;
+}
+
+/// Extracts and validates a typed section, as [`Service::check_config`] and services use it.
+pub fn section<T: DeserializeOwned + Validate>(section: &Figment) -> Result<T, ConfigError> {
+    let config: T = section.extract().map_err(ConfigError::from)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// What the host gives a starting service.
+pub struct ServiceContext {
+    pub name: &'static str,
+    pub(crate) section: Figment,
+    pub data_dir: PathBuf,
+    pub storage: StorageConfig,
+    pub events: Arc<dyn EventBus>,
+    pub peers: Peers,
+    pub shutdown: Shutdown,
+    pub(crate) tasks: TaskTracker,
+}
+
+impl ServiceContext {
+    /// This service's `services.<name>` section, typed and validated.
+    pub fn config<T: DeserializeOwned + Validate + Serialize>(&self) -> Result<T, ConfigError> {
+        section(&self.section)
+    }
+
+    /// Opens this service's store on the configured backend and applies its migrations.
+    pub async fn open_store(&self, migrations: &Migrations) -> Result<Store, StorageError> {
+        Ok(match &self.storage {
+            StorageConfig::Sqlite => Store::Sqlite(
+                Sqlite::open(
+                    self.data_dir.join(format!("{}.db", self.name)),
+                    migrations.sqlite,
+                )
+                .await?,
+            ),
+            StorageConfig::Cql(cql) => {
+                Store::Cql(Cql::connect(cql, &cql.keyspace(self.name), migrations.cql).await?)
+            }
+        })
+    }
+
+    /// Runs `task` in the background until it ends; the host waits for it when draining.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+}
+
+/// A service's schema, once per backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static [Migration],
+    pub cql: &'static [Migration],
+}
+
+/// A service's opened store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(Sqlite),
+    Cql(Cql),
+}
+
+/// Where peer services are reached (static discovery): service name → `http://host:port`.
+#[derive(Debug, Clone, Default)]
+pub struct Peers(Arc<BTreeMap<String, String>>);
+
+impl Peers {
+    pub fn new(addresses: BTreeMap<String, String>) -> Self {
+        Self(Arc::new(addresses))
+    }
+
+    pub fn address(&self, service: &str) -> Option<&str> {
+        self.0.get(service).map(String::as_str)
+    }
+
+    /// A lazily connected channel to `service`, carrying the request context.
+    pub fn channel(&self, service: &str) -> Result<PeerChannel, Error> {
+        let address = self.address(service).ok_or_else(|| {
+            Error::unavailable(
+                "PEER_UNKNOWN",
+                format!("no address configured for service {service}"),
+            )
+        })?;
+        grpc::connect(address).map_err(|e| Error::internal("invalid peer address", e))
+    }
+}

@@ -1,0 +1,68 @@
+//! Graceful shutdown: one token a whole process shares. SIGINT or SIGTERM triggers it; servers
+//! stop accepting, drain what is in flight, and the process exits within a bounded time. A second
+//! signal exits at once.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How long a process waits for in-flight work after shutdown starts.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+
+/// A cloneable shutdown signal.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(CancellationToken);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts shutdown everywhere this token was cloned to.
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Resolves once shutdown has started.
+    pub async fn wait(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Triggers this token on SIGINT or SIGTERM; a second signal ends the process at once.
+    pub fn trigger_on_signals(&self) {
+        let shutdown = self.clone();
+        tokio::spawn(async move {
+            signal().await;
+            tracing::info!("shutdown requested, draining");
+            shutdown.trigger();
+            signal().await;
+            tracing::warn!("second signal, exiting without draining");
+            std::process::exit(130);
+        });
+    }
+}
+
+#[cfg(unix)]
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the process can only be killed; never trigger shutdown.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,59 @@
+//! The storage seam. A service defines repository traits for its aggregates and implements each
+//! twice: on [`cql::Cql`] (ScyllaDB in production; any CQL server in tests) and on
+//! [`sqlite::Sqlite`] (the embedded default of `shopmesh up`). Both backends:
+//!
+//! - bind every value as a parameter (prepared statements on CQL), never format it into a query;
+//! - apply the service's versioned, idempotent [`Migration`]s at start-up, refusing a database
+//!   whose history differs from the binary's;
+//! - run the same contract tests ([`contract_suite!`]), so a repository behaves the same
+//!   whichever backend it runs on.
+//!
+//! Uniqueness and conditional updates are the store's job (a lightweight transaction on CQL, a
+//! constraint or transaction on SQLite), never check-then-write in the service.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cql;
+pub mod migration;
+pub mod sqlite;
+pub mod testing;
+
+pub use config::{CqlConfig, StorageConfig};
+pub use migration::Migration;
+
+/// A storage failure. Repository methods return their own errors built from this one.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The CQL cluster could not be reached or did not answer in time; worth retrying.
+    #[error("cql unavailable: {0}")]
+    CqlUnavailable(String),
+    #[error("cql: {0}")]
+    Cql(String),
+    #[error("schema migration: {0}")]
+    Migration(String),
+    /// Stored data that this code cannot read (a bug or a manual edit, never user input).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("storage worker: {0}")]
+    Worker(String),
+}
+
+impl From<StorageError> for shopmesh_kit::Error {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::CqlUnavailable(_) => {
+                tracing::warn!(%error, "storage unavailable");
+                shopmesh_kit::Error::unavailable(
+                    "STORAGE_UNAVAILABLE",
+                    "storage is unavailable, try again",
+                )
+            }
+            other => shopmesh_kit::Error::internal("storage failed", other),
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
