@@ -51,9 +51,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     // prost-build needs every message type our fields use, so the well-known types stay in the
     // set (prost maps them to prost-types); buf.validate is only ever an option, never a field.
     let mut set = compiler.file_descriptor_set();
-    set.file.retain(|file| generates_code(file.package()) || file.package() == "google.protobuf");
-    let mut packages: Vec<String> =
-        set.file.iter().map(|f| f.package().to_owned()).filter(|p| generates_code(p)).collect();
+    set.file
+        .retain(|file| generates_code(file.package()) || file.package() == "google.protobuf");
+    let mut packages: Vec<String> = set
+        .file
+        .iter()
+        .map(|f| f.package().to_owned())
+        .filter(|p| generates_code(p))
+        .collect();
     packages.sort();
     packages.dedup();
     tonic_prost_build::configure()
