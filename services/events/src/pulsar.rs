@@ -294,6 +294,15 @@ impl Subscriber for PulsarSubscriber {
         let Token::Pulsar { id } = &delivery.token else {
             return Err(EventError::ForeignDelivery);
         };
+        if delivery.attempt >= self.options.max_attempts {
+            // Out of attempts: no back-off, the redelivery goes straight to the dead-letter topic.
+            self.attempts.remove(&id_key(id));
+            return self
+                .consumer
+                .nack_with_id(&self.topic, id.clone())
+                .await
+                .map_err(|e| EventError::Pulsar(e.to_string()));
+        }
         let due = Instant::now() + self.options.backoff_after(delivery.attempt);
         self.sequence += 1;
         self.held_nacks.insert((due, self.sequence), id.clone());
