@@ -99,7 +99,10 @@ impl ConfigArgs {
 fn environment() -> Env {
     Env::prefixed(ENV_PREFIX)
         .ignore(&["config", "log"])
-        .filter(|key| !key.as_str().starts_with("test_"))
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            !(key.starts_with("test_") || key.starts_with("testbed_"))
+        })
         .split("__")
 }
 

@@ -74,3 +74,17 @@ pub fn metrics() -> &'static PrometheusHandle {
         handle
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn recorded_metrics_render_as_prometheus_text() {
+        let handle = super::metrics();
+        metrics::counter!("shopmesh_test_total", "kind" => "unit").increment(3);
+        let text = handle.render();
+        assert!(
+            text.contains("shopmesh_test_total{kind=\"unit\"} 3"),
+            "{text}"
+        );
+    }
+}
