@@ -90,18 +90,7 @@ impl EmbeddedLog {
 }
 
 fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
-    let headers: String = row.get(4)?;
-    let headers = serde_json::from_str(&headers).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(Event {
-        id: row.get(0)?,
-        key: row.get(1)?,
-        kind: row.get(2)?,
-        payload: row.get(3)?,
-        headers,
-        occurred_at_ms: row.get(5)?,
-    })
+    crate::event_from_row(row, 0)
 }
 
 fn append(tx: &Transaction<'_>, topic: &str, event: &Event) -> Result<(), EventError> {

@@ -76,22 +76,7 @@ impl OutboxStore for SqliteOutbox {
                     "SELECT seq, topic, id, key, kind, payload, headers, occurred_at FROM outbox ORDER BY seq LIMIT ?1",
                 )?;
                 let rows = statement.query_map([limit as i64], |row| {
-                    let headers: String = row.get(6)?;
-                    let headers = serde_json::from_str(&headers).map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, Box::new(e))
-                    })?;
-                    Ok(Pending {
-                        position: row.get(0)?,
-                        topic: row.get(1)?,
-                        event: Event {
-                            id: row.get(2)?,
-                            key: row.get(3)?,
-                            kind: row.get(4)?,
-                            payload: row.get(5)?,
-                            headers,
-                            occurred_at_ms: row.get(7)?,
-                        },
-                    })
+                    Ok(Pending { position: row.get(0)?, topic: row.get(1)?, event: crate::event_from_row(row, 2)? })
                 })?;
                 Ok::<_, EventError>(rows.collect::<rusqlite::Result<Vec<_>>>()?)
             })
