@@ -1,31 +1,15 @@
-//! The idempotent-consumer side: a consumer records each processed event id in the same
-//! transaction as the event's effect, so a redelivered event finds its id and changes nothing.
+//! The idempotent-consumer side: a consumer records each processed event id, so a redelivered
+//! event is recognised and its effect not applied twice.
+//!
+//! - On SQLite the id is inserted in the same transaction as the effect ([`first_delivery`]):
+//!   exactly once.
+//! - On CQL there is no such transaction, so the id is *claimed* with a lightweight transaction
+//!   before the effect and marked done after it ([`CqlInbox`]). A consumer that dies between the
+//!   two leaves a claim whose lease runs out, and a later delivery takes it over; effects on CQL
+//!   should therefore also be conditional writes or idempotent upserts where they can be.
 
-use rusqlite::{Transaction, params};
-use shopmesh_storage::StorageError;
+pub mod cql;
+pub mod sqlite;
 
-/// The processed-events table, to add to a consuming service's SQLite migrations.
-pub const SQLITE_SCHEMA: &str = "
-    CREATE TABLE processed_events (
-        subscription TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        processed_at INTEGER NOT NULL,
-        PRIMARY KEY (subscription, event_id)
-    );
-";
-
-/// Records `event_id` as processed by `subscription` inside the caller's transaction. Returns
-/// `false` when it already was: the caller then skips the effect (and commits nothing new).
-pub fn first_delivery(
-    tx: &Transaction<'_>,
-    subscription: &str,
-    event_id: &str,
-) -> Result<bool, StorageError> {
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO processed_events (subscription, event_id, processed_at) VALUES (?1, ?2, unixepoch())
-             ON CONFLICT DO NOTHING",
-        )?
-        .execute(params![subscription, event_id])?;
-    Ok(inserted == 1)
-}
+pub use cql::{CQL_SCHEMA, Claim, CqlInbox};
+pub use sqlite::{SQLITE_SCHEMA, first_delivery};

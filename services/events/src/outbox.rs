@@ -7,27 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Transaction, params};
 use shopmesh_kit::Shutdown;
-use shopmesh_storage::StorageError;
-use shopmesh_storage::sqlite::Sqlite;
 use tokio::sync::Notify;
 
 use crate::{Event, EventBus, EventError};
 
-/// The outbox table, to add to a service's SQLite migrations.
-pub const SQLITE_SCHEMA: &str = "
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        topic TEXT NOT NULL,
-        id TEXT NOT NULL,
-        key TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        headers TEXT NOT NULL,
-        occurred_at INTEGER NOT NULL
-    );
-";
+pub mod cql;
+pub mod sqlite;
+
+pub use cql::{CQL_SCHEMA, CqlOutbox, OutboxRow};
+pub use sqlite::{SQLITE_SCHEMA, SqliteOutbox, enqueue};
 
 /// Events relayed per round.
 const BATCH: usize = 100;
@@ -35,20 +24,10 @@ const BATCH: usize = 100;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// Adds `event` for `topic` to the outbox inside the caller's transaction.
-pub fn enqueue(tx: &Transaction<'_>, topic: &str, event: &Event) -> Result<(), StorageError> {
-    let headers =
-        serde_json::to_string(&event.headers).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    tx.prepare_cached(
-        "INSERT INTO outbox (topic, id, key, kind, payload, headers, occurred_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![topic, event.id, event.key, event.kind, event.payload, headers, event.occurred_at_ms])?;
-    Ok(())
-}
-
 /// An event waiting in an outbox.
 #[derive(Debug, Clone)]
 pub struct Pending {
+    /// The store's order key (a sequence number, or a time stamp on CQL).
     pub position: i64,
     pub topic: String,
     pub event: Event,
@@ -61,39 +40,9 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn pending(&self, limit: usize) -> Result<Vec<Pending>, EventError>;
     /// Forgets events once published.
     async fn remove(&self, published: &[Pending]) -> Result<(), EventError>;
-}
-
-/// The outbox of a SQLite database.
-#[derive(Debug, Clone)]
-pub struct SqliteOutbox(pub Sqlite);
-
-#[async_trait]
-impl OutboxStore for SqliteOutbox {
-    async fn pending(&self, limit: usize) -> Result<Vec<Pending>, EventError> {
-        self.0
-            .read(move |db| {
-                let mut statement = db.prepare_cached(
-                    "SELECT seq, topic, id, key, kind, payload, headers, occurred_at FROM outbox ORDER BY seq LIMIT ?1",
-                )?;
-                let rows = statement.query_map([limit as i64], |row| {
-                    Ok(Pending { position: row.get(0)?, topic: row.get(1)?, event: crate::event_from_row(row, 2)? })
-                })?;
-                Ok::<_, EventError>(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-            })
-            .await
-    }
-
-    async fn remove(&self, published: &[Pending]) -> Result<(), EventError> {
-        let positions: Vec<i64> = published.iter().map(|p| p.position).collect();
-        self.0
-            .write(move |tx| {
-                let mut statement = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-                for position in positions {
-                    statement.execute([position])?;
-                }
-                Ok::<_, EventError>(())
-            })
-            .await
+    /// Called when the relay stops, to hand over at once to a standby relay.
+    async fn release(&self) -> Result<(), EventError> {
+        Ok(())
     }
 }
 
@@ -141,6 +90,9 @@ impl Relay {
                     delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
             }
+        }
+        if let Err(error) = self.store.release().await {
+            tracing::warn!(%error, "outbox relay could not hand over its lease");
         }
     }
 

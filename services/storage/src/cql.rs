@@ -1,12 +1,15 @@
 //! CQL storage through the `scylla` driver: ScyllaDB in production, any CQL server (the test bed
 //! runs Cassandra) in tests. One session per service, bound to the service's own keyspace.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
 
 use crate::config::{CqlConfig, valid_identifier};
 use crate::migration::{Migration, pending};
@@ -173,26 +176,55 @@ pub fn classify(error: ExecutionError) -> StorageError {
 
 /// The `[applied]` flag of a lightweight transaction's result (`INSERT … IF NOT EXISTS`,
 /// `UPDATE … IF …`): whether the condition held and the write happened.
-pub fn lwt_applied(result: scylla::response::query_result::QueryResult) -> Result<bool> {
+pub fn lwt_applied(result: QueryResult) -> Result<bool> {
+    Ok(lwt_outcome(result)?.applied)
+}
+
+/// What a lightweight transaction did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LwtOutcome {
+    pub applied: bool,
+    /// When it did not apply: the current values of the row that failed the condition, by column
+    /// name (empty when the row does not exist).
+    pub current: BTreeMap<String, CqlValue>,
+}
+
+impl LwtOutcome {
+    pub fn get(&self, column: &str) -> Option<&CqlValue> {
+        self.current.get(column)
+    }
+}
+
+/// Reads a lightweight transaction's result.
+pub fn lwt_outcome(result: QueryResult) -> Result<LwtOutcome> {
     let rows = result
         .into_rows_result()
         .map_err(|e| StorageError::Cql(e.to_string()))?;
-    let column = rows
+    let names: Vec<String> = rows
         .column_specs()
         .iter()
-        .position(|spec| spec.name() == "[applied]")
-        .ok_or_else(|| {
-            StorageError::Cql("result of a conditional statement has no [applied] column".into())
-        })?;
+        .map(|spec| spec.name().to_owned())
+        .collect();
     let mut rows = rows
-        .rows::<scylla::value::Row>()
+        .rows::<Row>()
         .map_err(|e| StorageError::Cql(e.to_string()))?;
     let row = rows
         .next()
         .ok_or_else(|| StorageError::Cql("conditional statement returned no row".into()))?
         .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    match row.columns.get(column) {
-        Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(StorageError::Corrupt(format!("[applied] is {other:?}"))),
+    let mut current = BTreeMap::new();
+    let mut applied = None;
+    for (name, value) in names.into_iter().zip(row.columns) {
+        match (name.as_str(), value) {
+            ("[applied]", Some(CqlValue::Boolean(flag))) => applied = Some(flag),
+            (_, Some(value)) => {
+                current.insert(name, value);
+            }
+            (_, None) => {}
+        }
     }
+    let applied = applied.ok_or_else(|| {
+        StorageError::Cql("result of a conditional statement has no [applied] flag".into())
+    })?;
+    Ok(LwtOutcome { applied, current })
 }
