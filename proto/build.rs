@@ -61,10 +61,14 @@ fn main() -> Result<(), Box<dyn Error>> {
         .collect();
     packages.sort();
     packages.dedup();
+    // Type names let the validating codec find a message's descriptor.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_fds(set)?;
+        .codec_path("crate::codec::ValidatingCodec")
+        .compile_fds_with_config(set, config)?;
 
     fs::write(out.join("packages.rs"), module_tree(&packages))?;
     Ok(())

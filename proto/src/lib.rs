@@ -5,9 +5,14 @@
 //! encoded [`FILE_DESCRIPTOR_SET`] that the edge reads to transcode JSON, validate requests and
 //! generate OpenAPI. Nothing else in the workspace copies a proto.
 
-#![allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod codec;
+pub mod validate;
 
-include!(concat!(env!("OUT_DIR"), "/packages.rs"));
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/packages.rs"));
+}
+pub use generated::*;
 
 /// The encoded `FileDescriptorSet` of every shopmesh proto and its imports, with options
 /// (`google.api.http`, `buf.validate`, `shopmesh.options.v1.access`) and source comments intact.

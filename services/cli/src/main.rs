@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shopmesh_host::Mode;
 use shopmesh_kit::ConfigArgs;
 
 #[derive(Debug, Parser)]
@@ -46,7 +47,7 @@ fn main() -> ExitCode {
             config
                 .overrides
                 .insert(0, format!("data_dir={}", toml_string(&data_dir)));
-            shopmesh_host::launch(&config, registry::SERVICES)
+            shopmesh_host::launch(&config, registry::SERVICES, Mode::Embedded)
         }
     }
 }

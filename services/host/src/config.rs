@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shopmesh_events::EventsConfig;
 use shopmesh_kit::telemetry::LogConfig;
+use shopmesh_kit::token::Policy;
 use shopmesh_kit::{ConfigError, Validate};
 use shopmesh_storage::StorageConfig;
 
@@ -25,6 +27,8 @@ pub struct PlatformConfig {
     /// Where peer services run that this process does not host (static discovery), as
     /// `http://host:port`.
     pub peers: BTreeMap<String, String>,
+    /// What access tokens say and every service checks.
+    pub tokens: TokenConfig,
     /// Per-service settings, read by each service itself (and validated by it at start-up).
     #[serde(skip_serializing)]
     pub services: BTreeMap<String, figment::value::Dict>,
@@ -40,7 +44,39 @@ impl Default for PlatformConfig {
             events: EventsConfig::default(),
             listen: BTreeMap::new(),
             peers: BTreeMap::new(),
+            tokens: TokenConfig::default(),
             services: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `iss` and `aud` of access tokens: auth writes them, every verifier requires them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "shopmesh".into(),
+            audience: "shopmesh".into(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TokenConfig {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            leeway: self.leeway,
         }
     }
 }
@@ -69,6 +105,12 @@ impl Validate for PlatformConfig {
             cql.validate()?;
         }
         self.events.validate()?;
+        if self.tokens.issuer.is_empty() || self.tokens.audience.is_empty() {
+            return Err(ConfigError::invalid(
+                "tokens",
+                "issuer and audience must not be empty",
+            ));
+        }
         for (service, url) in &self.peers {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::invalid(

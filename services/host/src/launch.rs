@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use figment::Figment;
 use shopmesh_kit::{ConfigArgs, config, telemetry};
 
-use crate::{PlatformConfig, Service};
+use crate::{Mode, PlatformConfig, Service};
 
 /// Loads configuration from `args` (plus `extra` overrides, e.g. `data_dir=...` from a flag),
 /// then either prints it (`--check-config`) or runs `services` until shutdown.
-pub fn launch(args: &ConfigArgs, services: &[&'static dyn Service]) -> ExitCode {
+pub fn launch(args: &ConfigArgs, services: &[&'static dyn Service], mode: Mode) -> ExitCode {
     let (platform, figment) = match load(args, services) {
         Ok(loaded) => loaded,
         Err(message) => {
@@ -32,7 +32,7 @@ pub fn launch(args: &ConfigArgs, services: &[&'static dyn Service]) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::run(platform, figment, services)) {
+    match runtime.block_on(crate::run(platform, figment, services, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "stopped on error");

@@ -10,19 +10,22 @@ mod launch;
 mod service;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use figment::Figment;
+use shopmesh_kit::access::{AccessLayer, AuthPeer, Authority};
 use shopmesh_kit::admin::{self, Readiness};
+use shopmesh_kit::token::Verifier;
 use shopmesh_kit::{Shutdown, grpc};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AdminConfig, PlatformConfig};
+pub use config::{AdminConfig, PlatformConfig, TokenConfig};
 pub use launch::launch;
-pub use service::{Migrations, Peers, Service, ServiceContext, Store, section};
+pub use service::{Migrations, Mode, Peers, Service, ServiceContext, Store, section};
 
 /// A hosted component's line of the start-up banner: name and URL.
 fn announce(component: &str, url: &str) {
@@ -35,6 +38,7 @@ pub async fn run(
     config: PlatformConfig,
     figment: Figment,
     services: &[&'static dyn Service],
+    mode: Mode,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     println!(
@@ -95,17 +99,27 @@ pub async fn run(
         listeners.push(listener);
     }
     let peers = Peers::new(addresses);
+    // Every server checks tokens itself, with auth's keys and role table.
+    let auth = AuthPeer::new(peers.channel("auth").map_err(|_| {
+        anyhow::anyhow!("peers.auth is required: services verify access tokens with auth's keys")
+    })?);
+    let authority = Authority::new(
+        Verifier::new(Arc::new(auth.clone()), config.tokens.policy()),
+        Arc::new(auth),
+    );
 
     let tasks = TaskTracker::new();
     for (service, listener) in services.iter().zip(listeners) {
         let name = service.name();
         let context = ServiceContext {
             name,
+            mode,
             section: figment.clone().focus(&format!("services.{name}")),
             data_dir: config.data_dir.clone(),
             storage: config.storage.clone(),
             events: events.clone(),
             peers: peers.clone(),
+            tokens: config.tokens.policy(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
@@ -114,9 +128,9 @@ pub async fn run(
             .await
             .with_context(|| format!("{name} failed to start"))?;
         let address = listener.local_addr()?;
-        let shutdown = shutdown.clone();
+        let (access, shutdown) = (AccessLayer::new(authority.clone()), shutdown.clone());
         servers.spawn(async move {
-            grpc::serve(name, routes, listener, shutdown)
+            grpc::serve(name, routes, listener, access, shutdown)
                 .await
                 .with_context(|| format!("{name} server failed"))
         });

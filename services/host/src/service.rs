@@ -4,13 +4,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use figment::Figment;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shopmesh_events::EventBus;
+use shopmesh_kit::crypto::MasterKey;
 use shopmesh_kit::grpc::{self, PeerChannel};
-use shopmesh_kit::{ConfigError, Error, Shutdown, Validate};
+use shopmesh_kit::token::Policy;
+use shopmesh_kit::{ConfigError, Error, Secret, Shutdown, Validate};
 use shopmesh_storage::cql::Cql;
 use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageConfig, StorageError};
@@ -41,14 +44,28 @@ pub fn section<T: DeserializeOwned + Validate>(section: &Figment) -> Result<T, C
     Ok(config)
 }
 
+/// How the platform runs: decides what a service may do on its own when configuration is
+/// missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `shopmesh up`: one process on a data directory; missing keys are generated there, and a
+    /// first administrator is created.
+    Embedded,
+    /// `shopmesh-<service>` binaries: every key comes from configuration.
+    Distributed,
+}
+
 /// What the host gives a starting service.
 pub struct ServiceContext {
     pub name: &'static str,
+    pub mode: Mode,
     pub(crate) section: Figment,
     pub data_dir: PathBuf,
     pub storage: StorageConfig,
     pub events: Arc<dyn EventBus>,
     pub peers: Peers,
+    /// The `iss`, `aud` and leeway of access tokens.
+    pub tokens: Policy,
     pub shutdown: Shutdown,
     pub(crate) tasks: TaskTracker,
 }
@@ -57,6 +74,30 @@ impl ServiceContext {
     /// This service's `services.<name>` section, typed and validated.
     pub fn config<T: DeserializeOwned + Validate + Serialize>(&self) -> Result<T, ConfigError> {
         section(&self.section)
+    }
+
+    /// The master key in setting `services.<name>.<setting>`. When it is empty, `shopmesh up`
+    /// generates one into the data directory (kept across restarts); a distributed service
+    /// refuses to start.
+    pub fn master_key(&self, setting: &str, configured: &Secret) -> anyhow::Result<MasterKey> {
+        let key = format!("services.{}.{setting}", self.name);
+        if !configured.is_empty() {
+            return Ok(MasterKey::from_secret(configured, &key)?);
+        }
+        match self.mode {
+            Mode::Embedded => {
+                let path = self
+                    .data_dir
+                    .join("keys")
+                    .join(format!("{}.{setting}", self.name));
+                MasterKey::load_or_create(&path)
+                    .with_context(|| format!("cannot load or create {}", path.display()))
+            }
+            Mode::Distributed => anyhow::bail!(
+                "{key} is required: at least {} random bytes, base64 (e.g. `openssl rand -base64 32`)",
+                shopmesh_kit::crypto::MASTER_KEY_BYTES
+            ),
+        }
     }
 
     /// Opens this service's store on the configured backend and applies its migrations.

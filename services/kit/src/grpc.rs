@@ -1,5 +1,5 @@
 //! Serving and calling gRPC the one shopmesh way: every server gets the context layer and the
-//! standard health service; every client carries the context interceptor.
+//! standard health service and access control; every client carries the context interceptor.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 
+use crate::access::AccessLayer;
 use crate::context::{ContextInterceptor, ContextLayer};
 use crate::shutdown::Shutdown;
 
@@ -20,12 +21,14 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub type PeerChannel = InterceptedService<Channel, ContextInterceptor>;
 
 /// Serves `routes` plus `grpc.health.v1.Health` on `listener` until `shutdown`, then drains.
+/// Every call passes the context layer, then `access` (the method's access rule).
 /// Health reports SERVING for the whole server (`""`) and for `service` while running, and
 /// NOT_SERVING as soon as shutdown starts so balancers stop sending new calls during the drain.
 pub async fn serve(
     service: &'static str,
     routes: Routes,
     listener: TcpListener,
+    access: AccessLayer,
     shutdown: Shutdown,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -46,7 +49,11 @@ pub async fn serve(
         }
     };
     Server::builder()
-        .layer(ContextLayer::new(service))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(ContextLayer::new(service))
+                .layer(access),
+        )
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_routes(routes.add_service(health))

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
 use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
@@ -88,6 +90,56 @@ impl Cql {
             .prepare(statement)
             .await
             .map_err(|e| StorageError::Cql(format!("prepare `{statement}`: {e}")))
+    }
+
+    /// Runs a prepared statement, unpaged (for single-partition reads and writes).
+    pub async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryResult> {
+        self.session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(classify)
+    }
+
+    /// Runs a prepared query and reads every row as `T` (for bounded results).
+    pub async fn rows<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<T>>
+    where
+        T: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let rows = self
+            .execute(statement, values)
+            .await?
+            .into_rows_result()
+            .map_err(|e| StorageError::Cql(e.to_string()))?;
+        rows.rows::<T>()
+            .map_err(|e| StorageError::Cql(e.to_string()))?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))
+    }
+
+    /// Runs a prepared query and reads its first row, if any.
+    pub async fn first_row<T>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Option<T>>
+    where
+        T: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
+    {
+        let rows = self
+            .execute(statement, values)
+            .await?
+            .into_rows_result()
+            .map_err(|e| StorageError::Cql(e.to_string()))?;
+        rows.maybe_first_row::<T>()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))
     }
 
     async fn migrate(&self, migrations: &[Migration]) -> Result<()> {

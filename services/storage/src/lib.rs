@@ -56,4 +56,10 @@ impl From<StorageError> for shopmesh_kit::Error {
     }
 }
 
+impl From<StorageError> for tonic::Status {
+    fn from(error: StorageError) -> Self {
+        shopmesh_kit::Error::from(error).into()
+    }
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -1,0 +1,142 @@
+//! The auth service: the only holder of token-signing keys. Issues EdDSA access tokens and
+//! rotating single-use refresh tokens, publishes the JWKS every service verifies with, owns the
+//! role table, and ends a user's sessions when users reports a password or role change.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod keys;
+pub mod roles;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use figment::Figment;
+use prost::Message as _;
+use shopmesh_events::{Event, SubscribeOptions, consumer};
+use shopmesh_host::{Service, ServiceContext, Store};
+use shopmesh_kit::clock::now_ms;
+use shopmesh_kit::crypto::Sealer;
+use shopmesh_kit::{ConfigError, Error, config::render};
+use shopmesh_proto::shopmesh::auth::v1::auth_service_server::AuthServiceServer;
+use shopmesh_proto::shopmesh::events::v1::{UserEvent, user_event};
+use shopmesh_proto::shopmesh::users::v1::user_service_client::UserServiceClient;
+use uuid::Uuid;
+
+pub use config::AuthConfig;
+
+use crate::keys::{KeyRing, Timing};
+use crate::service::AuthHandler;
+use crate::store::cql::CqlAuth;
+use crate::store::sqlite::SqliteAuth;
+use crate::store::{AuthStore, MIGRATIONS};
+
+/// The topic and subscription on which auth learns that sessions must end.
+const USERS_TOPIC: &str = "shopmesh.users";
+const SESSIONS_SUBSCRIPTION: &str = "auth-sessions";
+
+/// The auth service, as the host runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Auth;
+
+#[async_trait]
+impl Service for Auth {
+    fn name(&self) -> &'static str {
+        "auth"
+    }
+
+    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
+        Ok(render(&shopmesh_host::section::<AuthConfig>(section)?))
+    }
+
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        let config: AuthConfig = context.config()?;
+        let (store, keys) = open(&context, &config).await?;
+        context.spawn(reload_keys(
+            keys.clone(),
+            config.key_reload,
+            context.shutdown.clone(),
+        ));
+        let subscriber = context
+            .events
+            .subscribe(
+                USERS_TOPIC,
+                SESSIONS_SUBSCRIPTION,
+                SubscribeOptions::default(),
+            )
+            .await?;
+        let sessions = store.clone();
+        context.spawn(consumer::run(
+            subscriber,
+            SESSIONS_SUBSCRIPTION,
+            context.shutdown.clone(),
+            move |event| end_sessions(sessions.clone(), event),
+        ));
+        let handler = AuthHandler::new(
+            store,
+            keys,
+            UserServiceClient::new(context.peers.channel("users")?),
+            context.tokens.clone(),
+            config.access_ttl,
+            config.refresh_ttl,
+        );
+        Ok(tonic::service::Routes::new(AuthServiceServer::new(handler)))
+    }
+}
+
+/// Opens auth's store and its key ring (creating the first key on a fresh store).
+pub async fn open(
+    context: &ServiceContext,
+    config: &AuthConfig,
+) -> anyhow::Result<(Arc<dyn AuthStore>, Arc<KeyRing>)> {
+    let sealer = Sealer::new(
+        &context.master_key("data_key", &config.data_key)?,
+        "auth.signing_keys",
+    );
+    let store: Arc<dyn AuthStore> = match context.open_store(&MIGRATIONS).await? {
+        Store::Sqlite(db) => Arc::new(SqliteAuth(db)),
+        Store::Cql(cql) => Arc::new(CqlAuth::new(cql).await?),
+    };
+    let timing = Timing {
+        activation: config.key_activation,
+        // A retired key stays published for the life of the tokens it signed, plus clock skew.
+        retention: config.access_ttl + context.tokens.leeway,
+    };
+    let keys = Arc::new(KeyRing::open(store.clone(), sealer, timing).await?);
+    Ok((store, keys))
+}
+
+async fn reload_keys(
+    keys: Arc<KeyRing>,
+    every: std::time::Duration,
+    shutdown: shopmesh_kit::Shutdown,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.wait() => return,
+        }
+        if let Err(error) = keys.reload().await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "reloading signing keys failed"
+            );
+        }
+    }
+}
+
+/// Revokes a user's sessions on `SessionsRevoked`. Revoking twice changes nothing, so a
+/// redelivered event needs no inbox.
+async fn end_sessions(store: Arc<dyn AuthStore>, event: Event) -> shopmesh_kit::Result<()> {
+    let event = UserEvent::decode(event.payload.as_slice())
+        .map_err(|e| Error::internal("undecodable user event", e))?;
+    if let Some(user_event::Payload::SessionsRevoked(revoked)) = event.payload {
+        let user = Uuid::parse_str(&event.user_id)
+            .map_err(|e| Error::internal("user event with a bad user id", e))?;
+        let count = store.revoke_user(user, now_ms()).await?;
+        tracing::info!(user_id = %user, reason = revoked.reason, revoked = count, "sessions ended");
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The users service: accounts, profiles, addresses, roles, and the credential check behind
+//! auth's login. The only holder of password hashes (bcrypt) and personal data (sealed at rest,
+//! the e-mail found through a blind index).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod password;
+pub mod profile;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use figment::Figment;
+use shopmesh_events::outbox::{Relay, SqliteOutbox};
+use shopmesh_host::{Mode, Service, ServiceContext, Store};
+use shopmesh_kit::{ConfigError, config::render};
+use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
+use shopmesh_proto::shopmesh::users::v1::user_service_server::UserServiceServer;
+
+pub use config::UsersConfig;
+
+use crate::password::Hasher;
+use crate::profile::Vault;
+use crate::service::{Registration, UserHandler};
+use crate::store::cql::CqlUsers;
+use crate::store::sqlite::SqliteUsers;
+use crate::store::{MIGRATIONS, UserStore};
+
+/// The users service, as the host runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Users;
+
+#[async_trait]
+impl Service for Users {
+    fn name(&self) -> &'static str {
+        "users"
+    }
+
+    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
+        Ok(render(&shopmesh_host::section::<UsersConfig>(section)?))
+    }
+
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+        let config: UsersConfig = context.config()?;
+        let handler = Arc::new(open(&context, &config).await?);
+        if context.mode == Mode::Embedded {
+            ensure_first_admin(&handler, &config.first_admin_email).await?;
+        }
+        Ok(tonic::service::Routes::new(UserServiceServer::from_arc(
+            handler,
+        )))
+    }
+}
+
+/// Opens the store, starts the outbox relay and builds the handler.
+pub async fn open(context: &ServiceContext, config: &UsersConfig) -> anyhow::Result<UserHandler> {
+    let vault = Vault::new(&context.master_key("data_key", &config.data_key)?);
+    let (store, relay): (Arc<dyn UserStore>, Relay) = match context.open_store(&MIGRATIONS).await? {
+        Store::Sqlite(db) => (
+            Arc::new(SqliteUsers(db.clone())),
+            Relay::new(Arc::new(SqliteOutbox(db)), context.events.clone()),
+        ),
+        Store::Cql(cql) => {
+            let users = CqlUsers::new(cql).await?;
+            let relay = Relay::new(users.outbox(), context.events.clone());
+            (Arc::new(users), relay)
+        }
+    };
+    let waker = relay.waker();
+    context.spawn(relay.run(context.shutdown.clone()));
+    let hasher = Hasher::new(config.bcrypt_cost, config.hashing_concurrency).await?;
+    let auth = AuthServiceClient::new(context.peers.channel("auth")?);
+    Ok(UserHandler::new(
+        store,
+        vault,
+        hasher,
+        config.throttle.clone(),
+        auth,
+        waker,
+    ))
+}
+
+/// `shopmesh up` only: creates the first administrator with a random password, printed once.
+async fn ensure_first_admin(handler: &UserHandler, email: &str) -> anyhow::Result<()> {
+    if handler.find_by_email(email).await?.is_some() {
+        return Ok(());
+    }
+    let password = shopmesh_kit::crypto::random_token(15);
+    handler
+        .register(Registration {
+            email: email.to_owned(),
+            password: password.clone(),
+            display_name: "Administrator".into(),
+            locale: "en".into(),
+            roles: vec!["admin".into()],
+        })
+        .await?;
+    println!("  first admin    {email}  password {password}  (shown once: keep it)");
+    Ok(())
+}

@@ -1,0 +1,529 @@
+//! The `UserService` gRPC handlers. Requests arrive validated against the protos' rules, and
+//! the access rule of each method is already enforced; handlers add what only they can check
+//! (ownership, password policy, throttling).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message as _;
+use shopmesh_events::Event;
+use shopmesh_kit::access::Caller;
+use shopmesh_kit::clock::{now_ms, timestamp};
+use shopmesh_kit::grpc::PeerChannel;
+use shopmesh_kit::{Error, Result};
+use shopmesh_proto::shopmesh::auth::v1::ListRolesRequest;
+use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
+use shopmesh_proto::shopmesh::events::v1::{
+    EventMeta, SessionsRevoked, UserEvent, UserRegistered, user_event,
+};
+use shopmesh_proto::shopmesh::users::v1::user_service_server::UserService;
+use shopmesh_proto::shopmesh::users::v1::{
+    CreateUserRequest, GetMeRequest, GetUserRequest, ListUsersRequest, ListUsersResponse,
+    SetUserRolesRequest, UpdateMeRequest, User, VerifyCredentialsRequest,
+    VerifyCredentialsResponse,
+};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::config::ThrottleConfig;
+use crate::password::{self, Hasher};
+use crate::profile::{Profile, Vault, normalize_email};
+use crate::store::{Cursor, StoreError, UserRecord, UserStore};
+
+/// The role every new account gets.
+pub const DEFAULT_ROLE: &str = "customer";
+const DEFAULT_PAGE: usize = 20;
+const EVENT_KIND: &str = "shopmesh.events.v1.UserEvent";
+
+/// A new account's details.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+    pub locale: String,
+    pub roles: Vec<String>,
+}
+
+pub struct UserHandler {
+    store: Arc<dyn UserStore>,
+    vault: Vault,
+    hasher: Hasher,
+    throttle: ThrottleConfig,
+    auth: AuthServiceClient<PeerChannel>,
+    /// Wakes the outbox relay after a write that carries an event.
+    relay: Arc<Notify>,
+}
+
+impl UserHandler {
+    pub fn new(
+        store: Arc<dyn UserStore>,
+        vault: Vault,
+        hasher: Hasher,
+        throttle: ThrottleConfig,
+        auth: AuthServiceClient<PeerChannel>,
+        relay: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            vault,
+            hasher,
+            throttle,
+            auth,
+            relay,
+        }
+    }
+
+    /// Creates an account after checking the password policy.
+    pub async fn register(&self, registration: Registration) -> Result<User> {
+        password::check_policy("password", &registration.password)?;
+        let email = normalize_email(&registration.email);
+        let id = Uuid::now_v7();
+        let now = now_ms();
+        let profile = Profile {
+            email: email.clone(),
+            display_name: registration.display_name.trim().to_owned(),
+            ..Profile::default()
+        };
+        let record = UserRecord {
+            id,
+            email_index: self.vault.email_index(&email),
+            password_hash: self.hasher.hash(&registration.password).await?,
+            profile: self.vault.seal(id, &profile),
+            locale: registration.locale,
+            roles: registration.roles,
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+        };
+        let event = user_event(
+            id,
+            user_event::Payload::Registered(UserRegistered {
+                locale: record.locale.clone(),
+            }),
+        );
+        match self.store.create(&record, &event).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(Error::already_exists(
+                    "EMAIL_TAKEN",
+                    "an account with this e-mail address exists",
+                ));
+            }
+            Err(StoreError::Storage(error)) => return Err(error.into()),
+        }
+        self.relay.notify_one();
+        tracing::info!(user_id = %id, "user registered");
+        to_proto(&record, &profile)
+    }
+
+    /// The account with `email`, if any.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<User>> {
+        match self
+            .store
+            .find_by_email(&self.vault.email_index(email))
+            .await
+            .map_err(storage)?
+        {
+            Some(record) => Ok(Some(self.view(&record)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn view(&self, record: &UserRecord) -> Result<User> {
+        to_proto(record, &self.vault.open(record.id, &record.profile)?)
+    }
+
+    async fn load(&self, id: &str) -> Result<UserRecord> {
+        let id = Uuid::parse_str(id).map_err(|_| Error::invalid_field("id", "must be a UUID"))?;
+        self.store
+            .get(id)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))
+    }
+
+    /// Counts a failed password check against `email_index`, blocking it once over the limit.
+    async fn record_failure(&self, email_index: &[u8], count: u32) -> Result<()> {
+        let count = count.saturating_add(1);
+        let blocked_until_ms = self
+            .throttle
+            .delay_after(count)
+            .map_or(0, |delay| now_ms() + delay.as_millis() as i64);
+        self.store
+            .set_failures(
+                email_index,
+                crate::store::Failures {
+                    count,
+                    blocked_until_ms,
+                },
+            )
+            .await
+            .map_err(storage)
+    }
+
+    /// Refuses a login while the account is blocked; returns the failures so far.
+    async fn check_throttle(&self, email_index: &[u8]) -> Result<u32> {
+        let failures = self.store.failures(email_index).await.map_err(storage)?;
+        let wait = failures.blocked_until_ms - now_ms();
+        if wait > 0 {
+            let wait = Duration::from_millis(wait as u64);
+            return Err(Error::resource_exhausted(
+                "LOGIN_THROTTLED",
+                "too many failed logins for this account; retry later",
+            )
+            .with_retry_after(wait.max(Duration::from_secs(1))));
+        }
+        Ok(failures.count)
+    }
+
+    /// Writes `record` as its next version, retrying on a concurrent change by re-reading and
+    /// re-applying `change`.
+    async fn update(
+        &self,
+        id: Uuid,
+        event: Option<&Event>,
+        mut change: impl FnMut(&mut UserRecord, &mut Profile) -> Result<()>,
+    ) -> Result<User> {
+        for _ in 0..5 {
+            let mut record = self
+                .store
+                .get(id)
+                .await
+                .map_err(storage)?
+                .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))?;
+            let mut profile = self.vault.open(id, &record.profile)?;
+            change(&mut record, &mut profile)?;
+            record.profile = self.vault.seal(id, &profile);
+            record.version += 1;
+            record.updated_at_ms = now_ms();
+            match self.store.update(&record, event).await {
+                Ok(()) => {
+                    if event.is_some() {
+                        self.relay.notify_one();
+                    }
+                    return to_proto(&record, &profile);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Storage(error)) => return Err(error.into()),
+            }
+        }
+        Err(Error::aborted(
+            "CONCURRENT_UPDATE",
+            "the account kept changing; retry",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserHandler {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> std::result::Result<Response<User>, Status> {
+        let request = request.into_inner();
+        let user = self
+            .register(Registration {
+                email: request.email,
+                password: request.password,
+                display_name: request.display_name,
+                locale: request.locale,
+                roles: vec![DEFAULT_ROLE.to_owned()],
+            })
+            .await?;
+        Ok(Response::new(user))
+    }
+
+    async fn get_me(
+        &self,
+        request: Request<GetMeRequest>,
+    ) -> std::result::Result<Response<User>, Status> {
+        let caller = Caller::of(&request)?;
+        let record = self.load(&caller.user_id).await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+
+    async fn update_me(
+        &self,
+        request: Request<UpdateMeRequest>,
+    ) -> std::result::Result<Response<User>, Status> {
+        let id = Uuid::parse_str(&Caller::of(&request)?.user_id).map_err(|_| {
+            Error::unauthenticated("TOKEN_INVALID", "the token's subject is not a user id")
+        })?;
+        let request = request.into_inner();
+        let update = request.user.unwrap_or_default();
+        let mask: Vec<String> = match request.update_mask {
+            Some(mask) if !mask.paths.is_empty() => mask.paths,
+            // No mask: every field that was given.
+            _ => {
+                let mut paths = Vec::new();
+                for (path, given) in [
+                    ("display_name", !update.display_name.is_empty()),
+                    ("phone", !update.phone.is_empty()),
+                    ("addresses", !update.addresses.is_empty()),
+                    ("locale", !update.locale.is_empty()),
+                    ("password", update.password.is_some()),
+                ] {
+                    if given {
+                        paths.push(path.to_owned());
+                    }
+                }
+                paths
+            }
+        };
+        let changes_password = mask.iter().any(|path| path == "password");
+        let new_hash = if changes_password {
+            let change = update.password.clone().ok_or_else(|| {
+                Error::invalid_field("user.password", "is in the update mask but not given")
+            })?;
+            password::check_policy("user.password.new_password", &change.new_password)?;
+            let record = self
+                .store
+                .get(id)
+                .await
+                .map_err(storage)?
+                .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))?;
+            let failures = self.check_throttle(&record.email_index).await?;
+            if !self
+                .hasher
+                .verify(&change.current_password, Some(&record.password_hash))
+                .await?
+            {
+                self.record_failure(&record.email_index, failures).await?;
+                return Err(Error::permission_denied(
+                    "WRONG_PASSWORD",
+                    "the current password is wrong",
+                )
+                .with_metadata("field", "user.password.current_password")
+                .into());
+            }
+            Some(self.hasher.hash(&change.new_password).await?)
+        } else {
+            None
+        };
+        let event = changes_password.then(|| {
+            user_event(
+                id,
+                user_event::Payload::SessionsRevoked(SessionsRevoked {
+                    reason: "password_changed".into(),
+                }),
+            )
+        });
+        let user = self
+            .update(id, event.as_ref(), |record, profile| {
+                for path in &mask {
+                    match path.as_str() {
+                        "display_name" => {
+                            profile.display_name = update.display_name.trim().to_owned()
+                        }
+                        "phone" => profile.phone = update.phone.clone(),
+                        "addresses" => profile.addresses = update.addresses.clone(),
+                        "locale" => record.locale = update.locale.clone(),
+                        "password" => {
+                            record.password_hash = new_hash.clone().unwrap_or_default();
+                        }
+                        other => {
+                            return Err(Error::invalid_field(
+                                "update_mask",
+                                format!("`{other}` cannot be changed"),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(user))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> std::result::Result<Response<ListUsersResponse>, Status> {
+        let request = request.into_inner();
+        if !request.email.is_empty() {
+            let users = self
+                .find_by_email(&request.email)
+                .await?
+                .into_iter()
+                .collect();
+            return Ok(Response::new(ListUsersResponse {
+                users,
+                next_page_token: String::new(),
+            }));
+        }
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            size => size.clamp(1, 100) as usize,
+        };
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_cursor(&request.page_token)?)
+        };
+        // One more than asked tells whether another page follows.
+        let mut records = self.store.list(after, size + 1).await.map_err(storage)?;
+        let more = records.len() > size;
+        records.truncate(size);
+        let next_page_token = match records.last() {
+            Some(last) if more => encode_cursor((last.created_at_ms, last.id)),
+            _ => String::new(),
+        };
+        let users = records
+            .iter()
+            .map(|record| self.view(record))
+            .collect::<Result<_>>()?;
+        Ok(Response::new(ListUsersResponse {
+            users,
+            next_page_token,
+        }))
+    }
+
+    async fn set_user_roles(
+        &self,
+        request: Request<SetUserRolesRequest>,
+    ) -> std::result::Result<Response<User>, Status> {
+        let request = request.into_inner();
+        let known = self
+            .auth
+            .clone()
+            .list_roles(ListRolesRequest {})
+            .await
+            .map_err(Error::from)?
+            .into_inner()
+            .roles;
+        if let Some(unknown) = request
+            .roles
+            .iter()
+            .find(|role| !known.iter().any(|k| &k.name == *role))
+        {
+            return Err(Error::invalid_field("roles", format!("no role named `{unknown}`")).into());
+        }
+        let id = self.load(&request.id).await?.id;
+        let event = user_event(
+            id,
+            user_event::Payload::SessionsRevoked(SessionsRevoked {
+                reason: "roles_changed".into(),
+            }),
+        );
+        let roles = request.roles;
+        let user = self
+            .update(id, Some(&event), |record, _| {
+                record.roles = roles.clone();
+                Ok(())
+            })
+            .await?;
+        tracing::info!(user_id = %id, roles = ?user.roles, "roles changed");
+        Ok(Response::new(user))
+    }
+
+    async fn verify_credentials(
+        &self,
+        request: Request<VerifyCredentialsRequest>,
+    ) -> std::result::Result<Response<VerifyCredentialsResponse>, Status> {
+        let request = request.into_inner();
+        let email_index = self.vault.email_index(&request.email);
+        let failures = self.check_throttle(&email_index).await?;
+        let record = self
+            .store
+            .find_by_email(&email_index)
+            .await
+            .map_err(storage)?;
+        // An unknown account is checked against a dummy hash: same work, same answer.
+        let matched = self
+            .hasher
+            .verify(
+                &request.password,
+                record.as_ref().map(|r| r.password_hash.as_str()),
+            )
+            .await?;
+        let Some(record) = record.filter(|_| matched) else {
+            self.record_failure(&email_index, failures).await?;
+            return Err(Error::unauthenticated(
+                "INVALID_CREDENTIALS",
+                "wrong e-mail address or password",
+            )
+            .into());
+        };
+        if failures > 0 {
+            self.store
+                .clear_failures(&email_index)
+                .await
+                .map_err(storage)?;
+        }
+        Ok(Response::new(VerifyCredentialsResponse {
+            user: Some(self.view(&record)?),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> std::result::Result<Response<User>, Status> {
+        let record = self.load(&request.into_inner().id).await?;
+        Ok(Response::new(self.view(&record)?))
+    }
+}
+
+fn storage(error: StoreError) -> Error {
+    match error {
+        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the account changed; retry"),
+        StoreError::Storage(error) => error.into(),
+    }
+}
+
+fn to_proto(record: &UserRecord, profile: &Profile) -> Result<User> {
+    Ok(User {
+        id: record.id.to_string(),
+        email: profile.email.clone(),
+        display_name: profile.display_name.clone(),
+        roles: record.roles.clone(),
+        phone: profile.phone.clone(),
+        addresses: profile.addresses.clone(),
+        locale: record.locale.clone(),
+        created_at: Some(timestamp(record.created_at_ms)),
+        updated_at: Some(timestamp(record.updated_at_ms)),
+    })
+}
+
+/// An event of this service for `user`, its envelope filled from the event itself.
+fn user_event(user: Uuid, payload: user_event::Payload) -> Event {
+    let mut event = Event::new(user.to_string(), EVENT_KIND, Vec::new());
+    event.payload = UserEvent {
+        meta: Some(EventMeta {
+            event_id: event.id.clone(),
+            occurred_at: Some(timestamp(event.occurred_at_ms)),
+            producer: "users".into(),
+            traceparent: event
+                .headers
+                .get("traceparent")
+                .cloned()
+                .unwrap_or_default(),
+        }),
+        user_id: user.to_string(),
+        payload: Some(payload),
+    }
+    .encode_to_vec();
+    event
+}
+
+fn encode_cursor((at, id): Cursor) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
+}
+
+fn decode_cursor(token: &str) -> Result<Cursor> {
+    let invalid = || Error::invalid_field("page_token", "is not a token from a previous page");
+    let text = URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(invalid)?;
+    let (at, id) = text.split_once(':').ok_or_else(invalid)?;
+    Ok((
+        at.parse().map_err(|_| invalid())?,
+        Uuid::parse_str(id).map_err(|_| invalid())?,
+    ))
+}

@@ -1,0 +1,336 @@
+//! Users on CQL. The e-mail is claimed with a lightweight transaction in `users_by_email`, then
+//! the account, its listing entry and its event go in one logged batch. A claim whose batch
+//! never landed (a crash in between) is taken over by the next registration of that e-mail.
+//! Listing oldest first reads month partitions of `users_by_month` in order. Updates are
+//! conditional on the version read (an LWT).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use shopmesh_events::Event;
+use shopmesh_events::outbox::{CqlOutbox, OutboxRow};
+use shopmesh_storage::StorageError;
+use shopmesh_storage::cql::{Cql, lwt_applied, lwt_outcome};
+use uuid::Uuid;
+
+use super::{Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
+
+/// The single partition of `user_months`, which lists the months that have accounts.
+const MONTHS_SHARD: i32 = 0;
+
+type Row = (
+    Uuid,
+    Vec<u8>,
+    String,
+    Vec<u8>,
+    String,
+    Option<Vec<String>>,
+    i64,
+    i64,
+    i64,
+);
+
+pub struct CqlUsers {
+    cql: Cql,
+    outbox: Arc<CqlOutbox>,
+    claim_email: PreparedStatement,
+    take_over_email: PreparedStatement,
+    insert: PreparedStatement,
+    insert_by_month: PreparedStatement,
+    insert_month: PreparedStatement,
+    select: PreparedStatement,
+    select_by_email: PreparedStatement,
+    update: PreparedStatement,
+    months_from: PreparedStatement,
+    month_page: PreparedStatement,
+    month_page_after: PreparedStatement,
+    select_failures: PreparedStatement,
+    upsert_failures: PreparedStatement,
+    delete_failures: PreparedStatement,
+}
+
+impl CqlUsers {
+    pub async fn new(cql: Cql) -> Result<Self, StorageError> {
+        Ok(Self {
+            outbox: Arc::new(CqlOutbox::new(&cql).await?),
+            claim_email: cql
+                .prepare("INSERT INTO users_by_email (email_index, user_id) VALUES (?, ?) IF NOT EXISTS")
+                .await?,
+            take_over_email: cql
+                .prepare("UPDATE users_by_email SET user_id = ? WHERE email_index = ? IF user_id = ?")
+                .await?,
+            insert: cql
+                .prepare(
+                    "INSERT INTO users (id, email_index, password_hash, profile, locale, roles, created_at, updated_at, version) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .await?,
+            insert_by_month: cql
+                .prepare("INSERT INTO users_by_month (month, created_at, id) VALUES (?, ?, ?)")
+                .await?,
+            insert_month: cql
+                .prepare("INSERT INTO user_months (shard, month) VALUES (?, ?)")
+                .await?,
+            select: cql
+                .prepare(
+                    "SELECT id, email_index, password_hash, profile, locale, roles, created_at, updated_at, version \
+                     FROM users WHERE id = ?",
+                )
+                .await?,
+            select_by_email: cql
+                .prepare("SELECT user_id FROM users_by_email WHERE email_index = ?")
+                .await?,
+            update: cql
+                .prepare(
+                    "UPDATE users SET password_hash = ?, profile = ?, locale = ?, roles = ?, updated_at = ?, version = ? \
+                     WHERE id = ? IF version = ?",
+                )
+                .await?,
+            months_from: cql
+                .prepare("SELECT month FROM user_months WHERE shard = ? AND month >= ?")
+                .await?,
+            month_page: cql
+                .prepare("SELECT created_at, id FROM users_by_month WHERE month = ? LIMIT ?")
+                .await?,
+            month_page_after: cql
+                .prepare(
+                    "SELECT created_at, id FROM users_by_month WHERE month = ? AND (created_at, id) > (?, ?) LIMIT ?",
+                )
+                .await?,
+            select_failures: cql
+                .prepare("SELECT failures, blocked_until FROM login_failures WHERE email_index = ?")
+                .await?,
+            upsert_failures: cql
+                .prepare("UPDATE login_failures SET failures = ?, blocked_until = ? WHERE email_index = ?")
+                .await?,
+            delete_failures: cql
+                .prepare("DELETE FROM login_failures WHERE email_index = ?")
+                .await?,
+            cql,
+        })
+    }
+
+    /// The outbox to relay this store's events from.
+    pub fn outbox(&self) -> Arc<CqlOutbox> {
+        self.outbox.clone()
+    }
+
+    /// Claims `email_index` for `id`; false when another account holds it.
+    async fn claim_email(&self, email_index: &[u8], id: Uuid) -> Result<bool, StoreError> {
+        let claim = lwt_outcome(
+            self.cql
+                .execute(&self.claim_email, (email_index, id))
+                .await?,
+        )?;
+        if claim.applied {
+            return Ok(true);
+        }
+        let holder = match claim.get("user_id") {
+            Some(scylla::value::CqlValue::Uuid(holder)) => *holder,
+            other => {
+                return Err(
+                    StorageError::Corrupt(format!("users_by_email.user_id is {other:?}")).into(),
+                );
+            }
+        };
+        if self.get(holder).await?.is_some() {
+            return Ok(false);
+        }
+        // The holder's account was never written: its registration died between claim and batch.
+        let taken = self
+            .cql
+            .execute(&self.take_over_email, (id, email_index, holder))
+            .await?;
+        Ok(lwt_applied(taken)?)
+    }
+}
+
+fn month_of(at_ms: i64) -> i32 {
+    // Months since 1970-01, by 30.44-day months: partitions only need to be ordered and bounded.
+    (at_ms / (2_629_746_000)) as i32
+}
+
+fn record(row: Row) -> UserRecord {
+    let (
+        id,
+        email_index,
+        password_hash,
+        profile,
+        locale,
+        roles,
+        created_at_ms,
+        updated_at_ms,
+        version,
+    ) = row;
+    UserRecord {
+        id,
+        email_index,
+        password_hash,
+        profile,
+        locale,
+        roles: roles.unwrap_or_default(),
+        created_at_ms,
+        updated_at_ms,
+        version,
+    }
+}
+
+#[async_trait]
+impl UserStore for CqlUsers {
+    async fn create(&self, user: &UserRecord, event: &Event) -> Result<(), StoreError> {
+        if !self.claim_email(&user.email_index, user.id).await? {
+            return Err(StoreError::Conflict);
+        }
+        let month = month_of(user.created_at_ms);
+        let mut batch = Batch::new(BatchType::Logged);
+        for statement in [
+            &self.insert,
+            &self.insert_by_month,
+            &self.insert_month,
+            self.outbox.insert(),
+        ] {
+            batch.append_statement(statement.clone());
+        }
+        let values = (
+            (
+                user.id,
+                &user.email_index,
+                &user.password_hash,
+                &user.profile,
+                &user.locale,
+                &user.roles,
+                user.created_at_ms,
+                user.updated_at_ms,
+                user.version,
+            ),
+            (month, user.created_at_ms, user.id),
+            (MONTHS_SHARD, month),
+            OutboxRow::new(TOPIC, event).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        );
+        self.cql.session().batch(&batch, values).await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self
+            .cql
+            .first_row::<Row>(&self.select, (id,))
+            .await?
+            .map(record))
+    }
+
+    async fn find_by_email(&self, email_index: &[u8]) -> Result<Option<UserRecord>, StoreError> {
+        let Some((id,)) = self
+            .cql
+            .first_row::<(Uuid,)>(&self.select_by_email, (email_index,))
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.get(id).await
+    }
+
+    async fn update(&self, user: &UserRecord, event: Option<&Event>) -> Result<(), StoreError> {
+        // A conditional update cannot share a batch with the outbox's partition. The event goes
+        // first: it only ever revokes sessions, which is harmless if the update then loses.
+        if let Some(event) = event {
+            let row =
+                OutboxRow::new(TOPIC, event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            self.cql.execute(self.outbox.insert(), row).await?;
+        }
+        let result = self
+            .cql
+            .execute(
+                &self.update,
+                (
+                    &user.password_hash,
+                    &user.profile,
+                    &user.locale,
+                    &user.roles,
+                    user.updated_at_ms,
+                    user.version,
+                    user.id,
+                    user.version - 1,
+                ),
+            )
+            .await?;
+        if lwt_applied(result)? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    async fn list(
+        &self,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let first_month = after.map_or(i32::MIN, |(at, _)| month_of(at));
+        let months = self
+            .cql
+            .rows::<(i32,)>(&self.months_from, (MONTHS_SHARD, first_month))
+            .await?;
+        let mut ids = Vec::new();
+        for (month,) in months {
+            let wanted = i32::try_from(limit - ids.len()).unwrap_or(i32::MAX);
+            let page = match after {
+                Some((at, id)) if month == first_month => {
+                    self.cql
+                        .rows::<(i64, Uuid)>(&self.month_page_after, (month, at, id, wanted))
+                        .await?
+                }
+                _ => {
+                    self.cql
+                        .rows::<(i64, Uuid)>(&self.month_page, (month, wanted))
+                        .await?
+                }
+            };
+            ids.extend(page.into_iter().map(|(_, id)| id));
+            if ids.len() >= limit {
+                break;
+            }
+        }
+        let mut users = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A listing entry is written in the account's batch, so the account exists.
+            if let Some(user) = self.get(id).await? {
+                users.push(user);
+            }
+        }
+        Ok(users)
+    }
+
+    async fn failures(&self, email_index: &[u8]) -> Result<Failures, StoreError> {
+        let row = self
+            .cql
+            .first_row::<(Option<i32>, Option<i64>)>(&self.select_failures, (email_index,))
+            .await?;
+        Ok(
+            row.map_or_else(Failures::default, |(count, blocked)| Failures {
+                count: count.unwrap_or(0).max(0) as u32,
+                blocked_until_ms: blocked.unwrap_or(0),
+            }),
+        )
+    }
+
+    async fn set_failures(&self, email_index: &[u8], failures: Failures) -> Result<(), StoreError> {
+        let count = i32::try_from(failures.count).unwrap_or(i32::MAX);
+        self.cql
+            .execute(
+                &self.upsert_failures,
+                (count, failures.blocked_until_ms, email_index),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn clear_failures(&self, email_index: &[u8]) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.delete_failures, (email_index,))
+            .await?;
+        Ok(())
+    }
+}
