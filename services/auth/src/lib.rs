@@ -140,3 +140,11 @@ async fn end_sessions(store: Arc<dyn AuthStore>, event: Event) -> shopmesh_kit::
     }
     Ok(())
 }
+
+/// Adds a signing key outside a running platform (`shopmesh auth rotate-keys`); running auth
+/// replicas pick it up at their next key reload. Returns the new key id.
+pub async fn rotate_keys(context: &ServiceContext) -> anyhow::Result<String> {
+    let config: AuthConfig = context.config()?;
+    let (_, keys) = open(context, &config).await?;
+    keys.rotate().await
+}

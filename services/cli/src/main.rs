@@ -1,15 +1,16 @@
 //! `shopmesh`: the platform's command line. `shopmesh up` runs every service in one process on
-//! embedded defaults (SQLite storage, the embedded event log, static loopback discovery).
+//! embedded defaults (SQLite storage, the embedded event log, static loopback discovery); the
+//! other commands are operator tools that act on a service's store directly.
 
 #![forbid(unsafe_code)]
 
 mod registry;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use shopmesh_host::Mode;
+use clap::{Args, Parser, Subcommand};
+use shopmesh_host::{Mode, Service};
 use shopmesh_kit::ConfigArgs;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,51 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Account administration.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Token-signing key administration.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an account with a random password, printed once (e.g. the first administrator
+    /// of a distributed deployment).
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// A role to grant; repeat for several.
+        #[arg(long = "role", value_name = "ROLE", default_value = "customer")]
+        roles: Vec<String>,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuthCommand {
+    /// Add a new signing key. It is published at once and signs after the activation delay;
+    /// the previous key stays published until its last token has expired.
+    RotateKeys {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which deployment a tool acts on.
+#[derive(Debug, Args)]
+struct Target {
+    /// The data directory of a `shopmesh up` platform; without it, the distributed deployment
+    /// that the configuration describes.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 fn main() -> ExitCode {
@@ -43,17 +89,85 @@ fn main() -> ExitCode {
             data_dir,
             mut config,
         } => {
-            // The flag is the lowest-precedence override: `--set data_dir=...` still wins.
-            config
-                .overrides
-                .insert(0, format!("data_dir={}", toml_string(&data_dir)));
+            with_data_dir(&mut config, &data_dir);
             shopmesh_host::launch(&config, registry::SERVICES, Mode::Embedded)
+        }
+        Command::Admin(AdminCommand::CreateUser {
+            email,
+            roles,
+            display_name,
+            target,
+        }) => tool(target, &shopmesh_users::Users, |context| async move {
+            let (user, password) =
+                shopmesh_users::create_user(&context, &email, &display_name, roles).await?;
+            context.finish().await;
+            println!(
+                "created {} ({}) with roles {}",
+                user.email,
+                user.id,
+                user.roles.join(", ")
+            );
+            println!("password: {password}");
+            println!("It is shown only this once; change it after the first login.");
+            Ok(())
+        }),
+        Command::Auth(AuthCommand::RotateKeys { target }) => {
+            tool(target, &shopmesh_auth::Auth, |context| async move {
+                let kid = shopmesh_auth::rotate_keys(&context).await?;
+                context.finish().await;
+                println!("new signing key {kid}; it signs once the activation delay has passed");
+                Ok(())
+            })
         }
     }
 }
 
+/// Runs a tool against one service's store and prints its error, if any.
+fn tool<F, Fut>(target: Target, service: &'static dyn Service, run: F) -> ExitCode
+where
+    F: FnOnce(shopmesh_host::ServiceContext) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let Target {
+        data_dir,
+        mut config,
+    } = target;
+    let mode = match &data_dir {
+        Some(dir) => {
+            with_data_dir(&mut config, dir);
+            Mode::Embedded
+        }
+        None => Mode::Distributed,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let context = shopmesh_host::tool_context(&config, service, mode).await?;
+        run(context).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets `data_dir` as the lowest-precedence override: `--set data_dir=...` still wins.
+fn with_data_dir(config: &mut ConfigArgs, dir: &Path) {
+    config
+        .overrides
+        .insert(0, format!("data_dir={}", toml_string(dir)));
+}
+
 /// A path as a TOML string literal (quoted and escaped).
-fn toml_string(path: &std::path::Path) -> String {
+fn toml_string(path: &Path) -> String {
     let text = path.to_string_lossy();
     let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
     format!("\"{escaped}\"")

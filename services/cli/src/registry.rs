@@ -4,4 +4,4 @@
 use shopmesh_host::Service;
 
 /// Every service of the platform.
-pub static SERVICES: &[&'static dyn Service] = &[];
+pub static SERVICES: &[&'static dyn Service] = &[&shopmesh_users::Users, &shopmesh_auth::Auth];

@@ -175,6 +175,41 @@ pub async fn run(
     }
 }
 
+/// A service's context outside a running platform, for one-off tools (`shopmesh admin
+/// create-user`, `shopmesh auth rotate-keys`): the same configuration, store and event bus as
+/// the service, but no server.
+pub async fn tool_context(
+    args: &shopmesh_kit::ConfigArgs,
+    service: &'static dyn Service,
+    mode: Mode,
+) -> anyhow::Result<ServiceContext> {
+    let config: PlatformConfig = args.load()?;
+    let figment = args.figment()?;
+    let section = figment.focus(&format!("services.{}", service.name()));
+    service
+        .check_config(&section)
+        .map_err(|e| anyhow::anyhow!("services.{}: {e}", service.name()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let events = config
+        .events
+        .connect(&config.data_dir)
+        .await
+        .context("cannot open the event bus")?;
+    Ok(ServiceContext {
+        name: service.name(),
+        mode,
+        section,
+        data_dir: config.data_dir.clone(),
+        storage: config.storage.clone(),
+        events,
+        peers: Peers::new(config.peers.clone()),
+        tokens: config.tokens.policy(),
+        shutdown: Shutdown::new(),
+        tasks: TaskTracker::new(),
+    })
+}
+
 fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     result.context("server task panicked")?
 }

@@ -116,6 +116,15 @@ impl ServiceContext {
         })
     }
 
+    /// Ends a tool's context: stops its background tasks (an outbox relay finishing its round)
+    /// and waits for them, within the usual drain time.
+    pub async fn finish(self) {
+        self.shutdown.trigger();
+        self.tasks.close();
+        let _ =
+            tokio::time::timeout(shopmesh_kit::shutdown::DEFAULT_DRAIN, self.tasks.wait()).await;
+    }
+
     /// Runs `task` in the background until it ends; the host waits for it when draining.
     pub fn spawn<F>(&self, task: F)
     where

@@ -72,7 +72,11 @@ pub async fn open(context: &ServiceContext, config: &UsersConfig) -> anyhow::Res
     let waker = relay.waker();
     context.spawn(relay.run(context.shutdown.clone()));
     let hasher = Hasher::new(config.bcrypt_cost, config.hashing_concurrency).await?;
-    let auth = AuthServiceClient::new(context.peers.channel("auth")?);
+    let auth = context
+        .peers
+        .channel("auth")
+        .ok()
+        .map(AuthServiceClient::new);
     Ok(UserHandler::new(
         store,
         vault,
@@ -81,6 +85,29 @@ pub async fn open(context: &ServiceContext, config: &UsersConfig) -> anyhow::Res
         auth,
         waker,
     ))
+}
+
+/// Creates an account outside a running platform (`shopmesh admin create-user`) with a random
+/// password, which is returned to be shown once.
+pub async fn create_user(
+    context: &ServiceContext,
+    email: &str,
+    display_name: &str,
+    roles: Vec<String>,
+) -> anyhow::Result<(shopmesh_proto::shopmesh::users::v1::User, String)> {
+    let config: UsersConfig = context.config()?;
+    let handler = open(context, &config).await?;
+    let password = shopmesh_kit::crypto::random_token(15);
+    let user = handler
+        .register(Registration {
+            email: email.to_owned(),
+            password: password.clone(),
+            display_name: display_name.to_owned(),
+            locale: "en".into(),
+            roles,
+        })
+        .await?;
+    Ok((user, password))
 }
 
 /// `shopmesh up` only: creates the first administrator with a random password, printed once.

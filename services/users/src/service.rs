@@ -53,7 +53,8 @@ pub struct UserHandler {
     vault: Vault,
     hasher: Hasher,
     throttle: ThrottleConfig,
-    auth: AuthServiceClient<PeerChannel>,
+    /// Absent in tools that run without the platform.
+    auth: Option<AuthServiceClient<PeerChannel>>,
     /// Wakes the outbox relay after a write that carries an event.
     relay: Arc<Notify>,
 }
@@ -64,7 +65,7 @@ impl UserHandler {
         vault: Vault,
         hasher: Hasher,
         throttle: ThrottleConfig,
-        auth: AuthServiceClient<PeerChannel>,
+        auth: Option<AuthServiceClient<PeerChannel>>,
         relay: Arc<Notify>,
     ) -> Self {
         Self {
@@ -387,9 +388,10 @@ impl UserService for UserHandler {
         request: Request<SetUserRolesRequest>,
     ) -> std::result::Result<Response<User>, Status> {
         let request = request.into_inner();
-        let known = self
-            .auth
-            .clone()
+        let mut auth = self.auth.clone().ok_or_else(|| {
+            Error::unavailable("PEER_UNKNOWN", "no auth service to check role names with")
+        })?;
+        let known = auth
             .list_roles(ListRolesRequest {})
             .await
             .map_err(Error::from)?

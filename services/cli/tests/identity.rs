@@ -1,0 +1,728 @@
+//! Identity end to end through `shopmesh up`: the real binary, its printed addresses and first
+//! administrator, and real gRPC clients. The same flows run on the embedded defaults and, with
+//! the test bed, on a CQL server and Pulsar.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use shopmesh_kit::Error;
+use shopmesh_kit::crypto::{MasterKey, Sealer};
+use shopmesh_kit::token::{Claims, SigningKey};
+use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
+use shopmesh_proto::shopmesh::auth::v1::{
+    GetJwksRequest, LoginRequest, LoginResponse, LogoutRequest, RefreshRequest,
+};
+use shopmesh_proto::shopmesh::users::v1::user_service_client::UserServiceClient;
+use shopmesh_proto::shopmesh::users::v1::{
+    CreateUserRequest, GetMeRequest, ListUsersRequest, PasswordChange, SetUserRolesRequest,
+    UpdateMeRequest, User, UserUpdate,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A running `shopmesh up`.
+struct Platform {
+    child: Child,
+    data_dir: PathBuf,
+    users: UserServiceClient<Channel>,
+    auth: AuthServiceClient<Channel>,
+    /// Printed on the first start only.
+    admin_password: Option<String>,
+}
+
+impl Platform {
+    /// Starts the platform on `data_dir` with `settings` (`key=value` overrides).
+    async fn start(data_dir: &Path, settings: &[String]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shopmesh"));
+        command
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--set", "admin.listen=\"127.0.0.1:0\""])
+            .args(["--set", "log.level=\"warn\""])
+            .args(["--set", "services.users.bcrypt_cost=4"]);
+        for setting in settings {
+            command.args(["--set", setting]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start shopmesh");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut users, mut auth, mut admin_password) = (None, None, None);
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["users", url] => users = Some(url.replace("grpc://", "http://")),
+                    ["auth", url] => auth = Some(url.replace("grpc://", "http://")),
+                    ["first", "admin", _, "password", password, ..] => {
+                        admin_password = Some((*password).to_owned());
+                    }
+                    ["shopmesh", "is", "ready", ..] => return,
+                    _ => {}
+                }
+            }
+            panic!("shopmesh exited before it was ready");
+        })
+        .await;
+        started.expect("shopmesh ready within 60 s");
+        // Keep reading, so the platform never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let connect = |url: Option<String>| async move {
+            Channel::from_shared(url.expect("a printed address"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap()
+        };
+        Self {
+            child,
+            data_dir: data_dir.to_owned(),
+            users: UserServiceClient::new(connect(users).await),
+            auth: AuthServiceClient::new(connect(auth).await),
+            admin_password,
+        }
+    }
+
+    /// Stops the platform with SIGINT, as Ctrl-C would, and checks it exits 0 in time.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exit within 10 s of SIGINT")
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
+    async fn register(&self, email: &str) -> Result<User, Error> {
+        let response = self
+            .users
+            .clone()
+            .create_user(CreateUserRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                display_name: "Ada".into(),
+                locale: "en".into(),
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Result<LoginResponse, Error> {
+        let response = self
+            .auth
+            .clone()
+            .login(LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    async fn me(&self, token: &str) -> Result<User, Error> {
+        Ok(self
+            .users
+            .clone()
+            .get_me(bearer(GetMeRequest {}, token))
+            .await?
+            .into_inner())
+    }
+
+    async fn refresh(&self, token: &str) -> Result<(String, String), Error> {
+        let pair = self
+            .auth
+            .clone()
+            .refresh(RefreshRequest {
+                refresh_token: token.into(),
+            })
+            .await?
+            .into_inner();
+        Ok((pair.access_token, pair.refresh_token))
+    }
+
+    /// auth's current signing key, read from the platform's own files, to forge tokens that
+    /// only the claim checks can refuse.
+    fn signing_key(&self) -> SigningKey {
+        let master = MasterKey::load_or_create(&self.data_dir.join("keys/auth.data_key")).unwrap();
+        let sealer = Sealer::new(&master, "auth.signing_keys");
+        let db = rusqlite::Connection::open(self.data_dir.join("auth.db")).unwrap();
+        let (kid, sealed): (String, Vec<u8>) = db
+            .query_row(
+                "SELECT kid, private_key FROM signing_keys ORDER BY created_at DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        let pem = sealer.open(&sealed, kid.as_bytes()).unwrap();
+        SigningKey::from_pkcs8(kid, &pem).unwrap()
+    }
+}
+
+fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Asserts that `result` failed with `code` and `reason`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, Error>, code: Code, reason: &str) {
+    let error = result.expect_err("refused");
+    assert_eq!(error.kind().code(), code, "{error}");
+    assert_eq!(error.reason(), reason, "{error}");
+}
+
+fn claims(sub: &str) -> Claims {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    Claims {
+        iss: "shopmesh".into(),
+        aud: "shopmesh".into(),
+        sub: sub.into(),
+        exp: now + 600,
+        iat: now,
+        nbf: now,
+        jti: "forged".into(),
+        roles: vec!["admin".into()],
+    }
+}
+
+/// The platform on embedded defaults in a fresh directory.
+async fn embedded() -> (Platform, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Platform::start(dir.path(), &[]).await, dir)
+}
+
+/// The platform on the test bed's CQL server and Pulsar, or `None` when a local run has none.
+async fn on_engines() -> Option<(Platform, tempfile::TempDir)> {
+    let cql = shopmesh_kit::testbed::address("SHOPMESH_TEST_CQL", "cql")?;
+    let pulsar = shopmesh_kit::testbed::address("SHOPMESH_TEST_PULSAR", "pulsar")?;
+    let dir = tempfile::tempdir().unwrap();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let settings = [
+        "storage.backend=\"cql\"".to_owned(),
+        format!("storage.nodes=[\"{cql}\"]"),
+        format!("storage.keyspace_prefix=\"e2e_{}_\"", &run[..10]),
+        "events.backend=\"pulsar\"".to_owned(),
+        format!("events.url=\"{pulsar}\""),
+    ];
+    Some((Platform::start(dir.path(), &settings).await, dir))
+}
+
+async fn registration_login_and_profile(platform: Platform) {
+    let user = platform.register("ada@example.com").await.unwrap();
+    assert_eq!(user.email, "ada@example.com");
+    assert_eq!(user.roles, ["customer"]);
+    assert!(user.created_at.is_some());
+    assert_refused(
+        platform.register("ADA@Example.com").await,
+        Code::AlreadyExists,
+        "EMAIL_TAKEN",
+    );
+
+    let login = platform.login("Ada@example.com", PASSWORD).await.unwrap();
+    assert_eq!(login.token_type, "Bearer");
+    assert_eq!(login.expires_in, 900);
+    assert_eq!(platform.me(&login.access_token).await.unwrap().id, user.id);
+    assert_refused(
+        platform
+            .users
+            .clone()
+            .get_me(GetMeRequest {})
+            .await
+            .map_err(Error::from),
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+
+    let updated = platform
+        .users
+        .clone()
+        .update_me(bearer(
+            UpdateMeRequest {
+                user: Some(UserUpdate {
+                    display_name: "Ada Lovelace".into(),
+                    phone: "+4930123456".into(),
+                    ..UserUpdate::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["display_name".into()],
+                }),
+            },
+            &login.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.display_name, "Ada Lovelace");
+    assert_eq!(updated.phone, "", "fields outside the mask stay unchanged");
+
+    let jwks = platform
+        .auth
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwks.keys.len(), 1);
+    assert_eq!(
+        (jwks.keys[0].kty.as_str(), jwks.keys[0].alg.as_str()),
+        ("OKP", "EdDSA")
+    );
+    platform.stop().await;
+}
+
+async fn refresh_rotation_and_replay(platform: Platform) {
+    platform.register("bob@example.com").await.unwrap();
+    let login = platform.login("bob@example.com", PASSWORD).await.unwrap();
+    let (access, second) = platform.refresh(&login.refresh_token).await.unwrap();
+    assert_ne!(second, login.refresh_token);
+    platform.me(&access).await.unwrap();
+
+    // The first token is spent; presenting it again revokes the whole session.
+    assert_refused(
+        platform.refresh(&login.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert_refused(
+        platform.refresh(&second).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REVOKED",
+    );
+
+    // Logout ends a session; it says nothing about tokens it does not know.
+    let other = platform.login("bob@example.com", PASSWORD).await.unwrap();
+    for token in [other.refresh_token.as_str(), "no-such-token"] {
+        platform
+            .auth
+            .clone()
+            .logout(LogoutRequest {
+                refresh_token: token.into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert_refused(
+        platform.refresh(&other.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REVOKED",
+    );
+    platform.stop().await;
+}
+
+async fn a_password_change_ends_every_session(platform: Platform) {
+    platform.register("cy@example.com").await.unwrap();
+    let first = platform.login("cy@example.com", PASSWORD).await.unwrap();
+    let change = |current: &str| UpdateMeRequest {
+        user: Some(UserUpdate {
+            password: Some(PasswordChange {
+                current_password: current.into(),
+                new_password: "a new horse battery".into(),
+            }),
+            ..UserUpdate::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["password".into()],
+        }),
+    };
+    assert_refused(
+        platform
+            .users
+            .clone()
+            .update_me(bearer(change("wrong password!"), &first.access_token))
+            .await
+            .map_err(Error::from),
+        Code::PermissionDenied,
+        "WRONG_PASSWORD",
+    );
+    platform
+        .users
+        .clone()
+        .update_me(bearer(change(PASSWORD), &first.access_token))
+        .await
+        .unwrap();
+    // The revocation travels as an event through the outbox: wait for it.
+    let revoked = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let session = platform
+                .login("cy@example.com", "a new horse battery")
+                .await
+                .unwrap();
+            if platform.refresh(&first.refresh_token).await.is_err() {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the old session ends after the password change");
+    assert_refused(
+        platform.login("cy@example.com", PASSWORD).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    platform.me(&revoked.access_token).await.unwrap();
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn embedded_registration_login_and_profile() {
+    registration_login_and_profile(embedded().await.0).await;
+}
+
+#[tokio::test]
+async fn embedded_refresh_rotation_and_replay() {
+    refresh_rotation_and_replay(embedded().await.0).await;
+}
+
+#[tokio::test]
+async fn embedded_password_change_ends_every_session() {
+    a_password_change_ends_every_session(embedded().await.0).await;
+}
+
+#[tokio::test]
+async fn engines_registration_login_and_profile() {
+    if let Some((platform, _dir)) = on_engines().await {
+        registration_login_and_profile(platform).await;
+    }
+}
+
+#[tokio::test]
+async fn engines_refresh_rotation_and_replay() {
+    if let Some((platform, _dir)) = on_engines().await {
+        refresh_rotation_and_replay(platform).await;
+    }
+}
+
+#[tokio::test]
+async fn engines_password_change_ends_every_session() {
+    if let Some((platform, _dir)) = on_engines().await {
+        a_password_change_ends_every_session(platform).await;
+    }
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_account_fail_alike_and_are_throttled() {
+    let (platform, _dir) = embedded().await;
+    platform.register("dee@example.com").await.unwrap();
+    let wrong = platform
+        .login("dee@example.com", "not the password")
+        .await
+        .unwrap_err();
+    let unknown = platform
+        .login("nobody@example.com", "not the password")
+        .await
+        .unwrap_err();
+    assert_eq!(wrong, unknown, "same status, reason and message");
+    assert_eq!(wrong.reason(), "INVALID_CREDENTIALS");
+
+    // Five failures in a row are free; the next attempt is blocked, even with the right
+    // password, and an unknown account is throttled the same way.
+    for email in ["dee@example.com", "nobody@example.com"] {
+        for _ in 0..4 {
+            let _ = platform.login(email, "not the password").await;
+        }
+        let blocked = platform.login(email, PASSWORD).await.unwrap_err();
+        assert_eq!(blocked.kind().code(), Code::ResourceExhausted, "{blocked}");
+        assert_eq!(blocked.reason(), "LOGIN_THROTTLED");
+        assert!(
+            blocked
+                .retry_after()
+                .is_some_and(|d| d >= Duration::from_secs(1))
+        );
+    }
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn forged_and_tampered_tokens_are_refused() {
+    let (platform, _dir) = embedded().await;
+    let user = platform.register("eve@example.com").await.unwrap();
+    let login = platform.login("eve@example.com", PASSWORD).await.unwrap();
+    let key = platform.signing_key();
+    let encode = |value: &serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    let header =
+        |alg: &str| encode(&serde_json::json!({"alg": alg, "typ": "JWT", "kid": key.kid()}));
+    let payload = encode(&serde_json::to_value(claims(&user.id)).unwrap());
+
+    let alg_none = format!("{}.{payload}.", header("none"));
+    let public = URL_SAFE_NO_PAD.decode(key.jwk().x).unwrap();
+    let hmac_with_public_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header {
+            kid: Some(key.kid().to_owned()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
+        &claims(&user.id),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    let unknown_kid = SigningKey::generate("not-a-key-of-ours")
+        .sign(&claims(&user.id))
+        .unwrap();
+    let expired = key
+        .sign(&Claims {
+            exp: claims("").iat - 3600,
+            ..claims(&user.id)
+        })
+        .unwrap();
+    let wrong_audience = key
+        .sign(&Claims {
+            aud: "someone-else".into(),
+            ..claims(&user.id)
+        })
+        .unwrap();
+    let wrong_issuer = key
+        .sign(&Claims {
+            iss: "someone-else".into(),
+            ..claims(&user.id)
+        })
+        .unwrap();
+    let tampered = {
+        let parts: Vec<&str> = login.access_token.split('.').collect();
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        body["roles"] = serde_json::json!(["admin"]);
+        format!("{}.{}.{}", parts[0], encode(&body), parts[2])
+    };
+    for (name, token, reason) in [
+        ("alg none", alg_none.as_str(), "TOKEN_INVALID"),
+        (
+            "HMAC with the public key",
+            &hmac_with_public_key,
+            "TOKEN_INVALID",
+        ),
+        ("unknown kid", &unknown_kid, "TOKEN_UNKNOWN_KEY"),
+        ("expired", &expired, "TOKEN_EXPIRED"),
+        ("wrong audience", &wrong_audience, "TOKEN_INVALID"),
+        ("wrong issuer", &wrong_issuer, "TOKEN_INVALID"),
+        ("tampered payload", &tampered, "TOKEN_INVALID"),
+        ("garbage", "garbage", "TOKEN_MALFORMED"),
+    ] {
+        let refused = platform.me(token).await.expect_err(name);
+        assert_eq!(
+            refused.kind().code(),
+            Code::Unauthenticated,
+            "{name}: {refused}"
+        );
+        assert_eq!(refused.reason(), reason, "{name}");
+    }
+    // A public method still refuses a bad token rather than ignoring it.
+    let public_call = platform
+        .auth
+        .clone()
+        .get_jwks(bearer(GetJwksRequest {}, &tampered))
+        .await
+        .map_err(Error::from);
+    assert_refused(public_call, Code::Unauthenticated, "TOKEN_INVALID");
+    // The well-signed forgery with correct claims shows the checks above were the refusals.
+    platform
+        .me(&key.sign(&claims(&user.id)).unwrap())
+        .await
+        .unwrap();
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn roles_decide_what_a_caller_may_do() {
+    let (platform, _dir) = embedded().await;
+    let admin_password = platform
+        .admin_password
+        .clone()
+        .expect("first admin printed");
+    let customer = platform.register("fay@example.com").await.unwrap();
+    let session = platform.login("fay@example.com", PASSWORD).await.unwrap();
+    assert_refused(
+        platform
+            .users
+            .clone()
+            .list_users(bearer(ListUsersRequest::default(), &session.access_token))
+            .await
+            .map_err(Error::from),
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    let set_support = |token: &str| {
+        bearer(
+            SetUserRolesRequest {
+                id: customer.id.clone(),
+                roles: vec!["customer".into(), "support".into()],
+            },
+            token,
+        )
+    };
+    assert_refused(
+        platform
+            .users
+            .clone()
+            .set_user_roles(set_support(&session.access_token))
+            .await
+            .map_err(Error::from),
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+
+    let admin = platform
+        .login("admin@shopmesh.local", &admin_password)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        platform
+            .register(&format!("user{n}@example.com"))
+            .await
+            .unwrap();
+    }
+    // Pages of two, oldest first, until the last page.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = platform
+            .users
+            .clone()
+            .list_users(bearer(
+                ListUsersRequest {
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                    email: String::new(),
+                },
+                &admin.access_token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.users.into_iter().map(|u| u.email));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        [
+            "admin@shopmesh.local",
+            "fay@example.com",
+            "user0@example.com",
+            "user1@example.com",
+            "user2@example.com"
+        ]
+    );
+    let unknown_role = platform
+        .users
+        .clone()
+        .set_user_roles(bearer(
+            SetUserRolesRequest {
+                id: customer.id.clone(),
+                roles: vec!["wizard".into()],
+            },
+            &admin.access_token,
+        ))
+        .await
+        .map_err(Error::from);
+    assert_refused(unknown_role, Code::InvalidArgument, "INVALID_FIELDS");
+    let promoted = platform
+        .users
+        .clone()
+        .set_user_roles(set_support(&admin.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(promoted.roles, ["customer", "support"]);
+    // The old session ends; a new login carries the new role.
+    let support = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if platform.refresh(&session.refresh_token).await.is_err() {
+                return platform.login("fay@example.com", PASSWORD).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the session ends after the role change");
+    platform
+        .users
+        .clone()
+        .list_users(bearer(ListUsersRequest::default(), &support.access_token))
+        .await
+        .unwrap();
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_fields() {
+    let (platform, _dir) = embedded().await;
+    let invalid = platform
+        .users
+        .clone()
+        .create_user(CreateUserRequest {
+            email: "not an address".into(),
+            password: "short".into(),
+            display_name: "x".repeat(101),
+            locale: String::new(),
+        })
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert_eq!(invalid.kind().code(), Code::InvalidArgument);
+    let mut fields: Vec<&str> = invalid
+        .violations()
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["display_name", "email", "password"]);
+
+    let common = platform
+        .users
+        .clone()
+        .create_user(CreateUserRequest {
+            email: "gus@example.com".into(),
+            password: "Password123".into(),
+            display_name: "Gus".into(),
+            locale: String::new(),
+        })
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert_eq!(common.violations()[0].field, "password");
+    assert!(common.violations()[0].description.contains("common"));
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_keeps_accounts_keys_and_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(dir.path(), &[]).await;
+    assert!(platform.admin_password.is_some());
+    platform.register("hal@example.com").await.unwrap();
+    let session = platform.login("hal@example.com", PASSWORD).await.unwrap();
+    platform.stop().await;
+
+    let platform = Platform::start(dir.path(), &[]).await;
+    assert_eq!(
+        platform.admin_password, None,
+        "the first admin is created once"
+    );
+    platform.me(&session.access_token).await.unwrap();
+    platform.refresh(&session.refresh_token).await.unwrap();
+    platform.login("hal@example.com", PASSWORD).await.unwrap();
+    platform.stop().await;
+}
