@@ -17,8 +17,8 @@ pub struct AuthConfig {
     /// How often the signing keys are re-read, to pick up rotations made elsewhere.
     #[serde(with = "humantime_serde")]
     pub key_reload: Duration,
-    /// How long a new signing key is published before it signs: longer than `key_reload`, so
-    /// every auth replica and verifier knows it first.
+    /// How long a new signing key is published before it signs: at least `key_reload` plus
+    /// the verifiers' 5 s refetch floor, so every auth replica and verifier knows it first.
     #[serde(with = "humantime_serde")]
     pub key_activation: Duration,
     /// Master key (base64, 32+ bytes) sealing the private signing keys at rest. Required in
@@ -55,10 +55,17 @@ impl Validate for AuthConfig {
         if self.key_reload.is_zero() {
             return Err(ConfigError::invalid("key_reload", "must be positive"));
         }
-        if self.key_activation < self.key_reload {
+        // Every replica must have reloaded, and every verifier be free to fetch keys again,
+        // before the first token signed by a new key arrives.
+        let shortest = self.key_reload + shopmesh_kit::token::DEFAULT_REFETCH_FLOOR;
+        if self.key_activation < shortest {
             return Err(ConfigError::invalid(
                 "key_activation",
-                "must not be shorter than key_reload, or replicas would sign with keys others do not publish yet",
+                format!(
+                    "must be at least key_reload plus the verifiers' {}s refetch floor ({}s here)",
+                    shopmesh_kit::token::DEFAULT_REFETCH_FLOOR.as_secs(),
+                    shortest.as_secs_f32()
+                ),
             ));
         }
         Ok(())

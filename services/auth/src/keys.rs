@@ -122,7 +122,13 @@ impl KeyRing {
     pub fn describe(&self) -> Vec<pb::SigningKey> {
         let now = now_ms();
         let signer = self.signer();
-        self.current()
+        let current = self.current();
+        let signer_created_at = current
+            .published
+            .iter()
+            .find(|key| key.jwk.kid == signer.kid())
+            .map_or(i64::MAX, |key| key.created_at_ms);
+        current
             .published
             .iter()
             .filter(|key| key.remove_after_ms.is_none_or(|at| at > now))
@@ -130,6 +136,8 @@ impl KeyRing {
                 kid: key.jwk.kid.clone(),
                 state: if key.jwk.kid == signer.kid() {
                     SigningKeyState::Active
+                } else if key.created_at_ms > signer_created_at {
+                    SigningKeyState::Pending
                 } else {
                     SigningKeyState::Retired
                 } as i32,
@@ -172,7 +180,7 @@ async fn add_key(
 }
 
 /// The newest key signs once its activation time has come; until then the newest key that
-/// is already active (or, on a fresh store, the only key) signs. Unretired keys other than the
+/// is already active (or, when none is yet, the oldest) signs. Unretired keys other than the
 /// newest (replicas that created a first key at the same moment) count as retired when the
 /// newest was created.
 fn load(sealer: &Sealer, timing: Timing, mut stored: Vec<StoredKey>) -> anyhow::Result<Loaded> {
@@ -184,9 +192,12 @@ fn load(sealer: &Sealer, timing: Timing, mut stored: Vec<StoredKey>) -> anyhow::
     let newest = stored.first().context("no signing key exists")?;
     let activation = timing.activation.as_millis() as i64;
     let now = now_ms();
+    // Before any key is due (a fresh store, or a rotation soon after it), the oldest signs:
+    // it has been published longest.
     let signing = stored
         .iter()
         .find(|key| key.created_at_ms + activation <= now)
+        .or(stored.last())
         .unwrap_or(newest);
     let active = Arc::new(open(sealer, signing)?);
     let next = if signing.kid == newest.kid {

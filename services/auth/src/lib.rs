@@ -19,6 +19,7 @@ use shopmesh_events::{Event, SubscribeOptions, consumer};
 use shopmesh_host::{Service, ServiceContext, Store};
 use shopmesh_kit::clock::now_ms;
 use shopmesh_kit::crypto::Sealer;
+use shopmesh_kit::shutdown::every;
 use shopmesh_kit::{ConfigError, Error, config::render};
 use shopmesh_proto::shopmesh::auth::v1::auth_service_server::AuthServiceServer;
 use shopmesh_proto::shopmesh::events::v1::{UserEvent, user_event};
@@ -32,6 +33,11 @@ use crate::service::AuthHandler;
 use crate::store::cql::CqlAuth;
 use crate::store::sqlite::SqliteAuth;
 use crate::store::{AuthStore, MIGRATIONS};
+
+/// How often expired refresh tokens are deleted, and how long after expiry: until then a
+/// presented token still reads as expired rather than unknown.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const PURGE_GRACE_MS: i64 = 24 * 3600 * 1000;
 
 /// The topic and subscription on which auth learns that sessions must end.
 const USERS_TOPIC: &str = "shopmesh.users";
@@ -54,10 +60,25 @@ impl Service for Auth {
     async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
         let config: AuthConfig = context.config()?;
         let (store, keys) = open(&context, &config).await?;
-        context.spawn(reload_keys(
-            keys.clone(),
-            config.key_reload,
+        let reloading = keys.clone();
+        context.spawn(every(
             context.shutdown.clone(),
+            config.key_reload,
+            "reload signing keys",
+            move || {
+                let keys = reloading.clone();
+                async move { keys.reload().await }
+            },
+        ));
+        let purging = store.clone();
+        context.spawn(every(
+            context.shutdown.clone(),
+            PURGE_EVERY,
+            "purge expired refresh tokens",
+            move || {
+                let store = purging.clone();
+                async move { Ok(store.purge_expired(now_ms() - PURGE_GRACE_MS).await?) }
+            },
         ));
         let subscriber = context
             .events
@@ -106,25 +127,6 @@ pub async fn open(
     };
     let keys = Arc::new(KeyRing::open(store.clone(), sealer, timing).await?);
     Ok((store, keys))
-}
-
-async fn reload_keys(
-    keys: Arc<KeyRing>,
-    every: std::time::Duration,
-    shutdown: shopmesh_kit::Shutdown,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = shutdown.wait() => return,
-        }
-        if let Err(error) = keys.reload().await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "reloading signing keys failed"
-            );
-        }
-    }
 }
 
 /// Revokes a user's sessions on `SessionsRevoked`. Revoking twice changes nothing, so a

@@ -97,6 +97,16 @@ impl AuthHandler {
     }
 }
 
+impl AuthHandler {
+    /// A spent token came back: it was copied. Ends the whole session it belongs to and
+    /// returns the refusal.
+    async fn replayed(&self, token: &RefreshToken) -> Result<Error> {
+        self.store.revoke_family(token.family).await?;
+        tracing::warn!(user_id = %token.user_id, family = %token.family, "refresh token replayed; session revoked");
+        Ok(refused("REFRESH_TOKEN_REUSED"))
+    }
+}
+
 fn refused(reason: &'static str) -> Error {
     Error::unauthenticated(reason, "the refresh token is not valid; log in again")
 }
@@ -147,13 +157,11 @@ impl AuthService for AuthHandler {
         if self.store.family_revoked(token.family).await? {
             return Err(refused("REFRESH_TOKEN_REVOKED").into());
         }
-        if !self.store.spend(&hash).await? {
-            // A spent token came back: it was copied. End the whole session it belongs to.
-            self.store.revoke_family(token.family).await?;
-            tracing::warn!(user_id = %token.user_id, family = %token.family, "refresh token replayed; session revoked");
-            return Err(refused("REFRESH_TOKEN_REUSED").into());
+        if token.spent {
+            return Err(self.replayed(&token).await?.into());
         }
-        // Roles are read afresh, so a role change reaches the next access token.
+        // Roles are read afresh, so a role change reaches the next access token. This happens
+        // before the token is spent: if users cannot answer, the client may retry with it.
         let user = match self
             .users
             .clone()
@@ -169,6 +177,9 @@ impl AuthService for AuthHandler {
             }
             Err(status) => return Err(status),
         };
+        if !self.store.spend(&hash).await? {
+            return Err(self.replayed(&token).await?.into());
+        }
         let pair = self
             .issue(token.user_id, user.roles, Some(token.family))
             .await?;
@@ -195,19 +206,7 @@ impl AuthService for AuthHandler {
         &self,
         _request: Request<GetJwksRequest>,
     ) -> std::result::Result<Response<Jwks>, Status> {
-        let keys = self
-            .keys
-            .jwks()
-            .into_iter()
-            .map(|key| Jwk {
-                kty: key.kty,
-                crv: key.crv,
-                x: key.x,
-                kid: key.kid,
-                alg: key.alg,
-                r#use: key.use_,
-            })
-            .collect();
+        let keys = self.keys.jwks().into_iter().map(Jwk::from).collect();
         Ok(Response::new(Jwks { keys }))
     }
 

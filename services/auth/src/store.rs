@@ -52,6 +52,8 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn revoke_family(&self, family: Uuid) -> Result<(), StorageError>;
     /// Revokes every live family of `user`; returns how many there were.
     async fn revoke_user(&self, user: Uuid, now_ms: i64) -> Result<u32, StorageError>;
+    /// Deletes tokens and families that expired before `before_ms` (CQL rows expire by TTL).
+    async fn purge_expired(&self, before_ms: i64) -> Result<(), StorageError>;
 }
 
 /// The auth schema on both backends.

@@ -54,8 +54,9 @@ enum AdminCommand {
         /// A role to grant; repeat for several.
         #[arg(long = "role", value_name = "ROLE", default_value = "customer")]
         roles: Vec<String>,
-        #[arg(long, default_value = "Administrator")]
-        display_name: String,
+        /// The name shown for the account; by default the e-mail address's local part.
+        #[arg(long)]
+        display_name: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -98,6 +99,15 @@ fn main() -> ExitCode {
             display_name,
             target,
         }) => tool(target, &shopmesh_users::Users, |context| async move {
+            let known: Vec<String> = shopmesh_auth::roles::table()
+                .into_iter()
+                .map(|role| role.name)
+                .collect();
+            if let Some(unknown) = roles.iter().find(|role| !known.contains(role)) {
+                anyhow::bail!("no role named `{unknown}`; roles are {}", known.join(", "));
+            }
+            let display_name = display_name
+                .unwrap_or_else(|| email.split('@').next().unwrap_or_default().to_owned());
             let (user, password) =
                 shopmesh_users::create_user(&context, &email, &display_name, roles).await?;
             context.finish().await;

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,6 +31,8 @@ const PASSWORD: &str = "correct horse battery";
 /// A running `shopmesh up`.
 struct Platform {
     child: Child,
+    /// Every line the platform printed (banner and logs, stdout and stderr).
+    output: Arc<Mutex<Vec<String>>>,
     data_dir: PathBuf,
     users: UserServiceClient<Channel>,
     auth: AuthServiceClient<Channel>,
@@ -53,14 +56,24 @@ impl Platform {
         }
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start shopmesh");
+        let output = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        let collected = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                eprintln!("{line}");
+                collected.lock().unwrap().push(line);
+            }
+        });
         let (mut users, mut auth, mut admin_password) = (None, None, None);
         let started = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                output.lock().unwrap().push(line.clone());
                 let words: Vec<&str> = line.split_whitespace().collect();
                 match words.as_slice() {
                     ["users", url] => users = Some(url.replace("grpc://", "http://")),
@@ -77,7 +90,12 @@ impl Platform {
         .await;
         started.expect("shopmesh ready within 60 s");
         // Keep reading, so the platform never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let collected = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
         let connect = |url: Option<String>| async move {
             Channel::from_shared(url.expect("a printed address"))
                 .unwrap()
@@ -87,6 +105,7 @@ impl Platform {
         };
         Self {
             child,
+            output,
             data_dir: data_dir.to_owned(),
             users: UserServiceClient::new(connect(users).await),
             auth: AuthServiceClient::new(connect(auth).await),
@@ -94,8 +113,9 @@ impl Platform {
         }
     }
 
-    /// Stops the platform with SIGINT, as Ctrl-C would, and checks it exits 0 in time.
-    async fn stop(mut self) {
+    /// Stops the platform with SIGINT, as Ctrl-C would, and checks it exits 0 in time; returns
+    /// what it printed.
+    async fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-INT", &pid])
@@ -107,6 +127,9 @@ impl Platform {
             .expect("exit within 10 s of SIGINT")
             .unwrap();
         assert!(status.success(), "exit status {status}");
+        // Let the readers take the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.output.lock().unwrap().clone()
     }
 
     async fn register(&self, email: &str) -> Result<User, Error> {
@@ -724,5 +747,136 @@ async fn a_restart_keeps_accounts_keys_and_sessions() {
     platform.me(&session.access_token).await.unwrap();
     platform.refresh(&session.refresh_token).await.unwrap();
     platform.login("hal@example.com", PASSWORD).await.unwrap();
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn no_password_or_token_reaches_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(dir.path(), &["log.level=\"debug\"".to_owned()]).await;
+    let admin_password = platform.admin_password.clone().unwrap();
+    platform.register("ivy@example.com").await.unwrap();
+    let session = platform.login("ivy@example.com", PASSWORD).await.unwrap();
+    let _ = platform.login("ivy@example.com", "a wrong password").await;
+    let (access, refresh) = platform.refresh(&session.refresh_token).await.unwrap();
+    let _ = platform.refresh(&session.refresh_token).await;
+    let _ = platform.me("an.invalid.token").await;
+    let output = platform.stop().await;
+    assert!(output.len() > 10, "debug logging produced output");
+    let secrets = [
+        PASSWORD,
+        "a wrong password",
+        &session.access_token,
+        &session.refresh_token,
+        &access,
+        &refresh,
+        "an.invalid.token",
+    ];
+    for line in &output {
+        for secret in secrets {
+            assert!(!line.contains(secret), "a secret in the output: {line}");
+        }
+        if !line.trim_start().starts_with("first admin") {
+            assert!(
+                !line.contains(&admin_password),
+                "the admin password outside its banner line"
+            );
+        }
+    }
+}
+
+/// Runs a `shopmesh` operator command and returns its standard output.
+fn shopmesh(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+        .args(args)
+        .args(["--set", "log.level=\"warn\""])
+        .output()
+        .expect("run shopmesh");
+    assert!(
+        output.status.success(),
+        "shopmesh {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn operators_create_accounts_and_rotate_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let fast_keys = [
+        "services.auth.key_reload=\"200ms\"".to_owned(),
+        "services.auth.key_activation=\"6s\"".to_owned(),
+    ];
+    let platform = Platform::start(dir.path(), &fast_keys).await;
+    platform.register("jo@example.com").await.unwrap();
+    let before = platform.login("jo@example.com", PASSWORD).await.unwrap();
+    let old_kid = platform.signing_key().kid().to_owned();
+
+    // A support account made with the operator tool, next to the running platform.
+    let created = shopmesh(&[
+        "admin",
+        "create-user",
+        "--email",
+        "kim@example.com",
+        "--role",
+        "support",
+        "--data-dir",
+        data_dir,
+    ]);
+    let password = created
+        .lines()
+        .find_map(|line| line.strip_prefix("password: "))
+        .expect("the password is printed")
+        .to_owned();
+    let kim = platform.login("kim@example.com", &password).await.unwrap();
+    platform
+        .users
+        .clone()
+        .list_users(bearer(ListUsersRequest::default(), &kim.access_token))
+        .await
+        .unwrap();
+
+    let rotated = shopmesh(&["auth", "rotate-keys", "--data-dir", data_dir]);
+    assert!(rotated.starts_with("new signing key "), "{rotated}");
+    // Once activated and reloaded, new tokens carry the new key id; both keys are published,
+    // and a token signed before the rotation still verifies.
+    let kid_of = |token: &str| -> String {
+        let header = token.split('.').next().unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(kid_of(&before.access_token), old_kid);
+    let rotated_at = std::time::Instant::now();
+    let after = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let session = platform.login("jo@example.com", PASSWORD).await.unwrap();
+            if kid_of(&session.access_token) != old_kid {
+                return session;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the new key signs after its activation delay");
+    assert!(
+        rotated_at.elapsed() >= Duration::from_secs(5),
+        "the new key signed before its activation delay"
+    );
+    let jwks = platform
+        .auth
+        .clone()
+        .get_jwks(GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kids: Vec<String> = jwks.keys.into_iter().map(|k| k.kid).collect();
+    kids.sort();
+    let mut expected = vec![old_kid, kid_of(&after.access_token)];
+    expected.sort();
+    assert_eq!(kids, expected);
+    platform.me(&before.access_token).await.unwrap();
+    platform.me(&after.access_token).await.unwrap();
     platform.stop().await;
 }

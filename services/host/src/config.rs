@@ -29,6 +29,9 @@ pub struct PlatformConfig {
     pub peers: BTreeMap<String, String>,
     /// What access tokens say and every service checks.
     pub tokens: TokenConfig,
+    /// Addresses besides loopback allowed to call internal methods: the hosts of peer
+    /// services, in a deployment without a mesh sidecar in front of each service.
+    pub trusted_peers: Vec<std::net::IpAddr>,
     /// Per-service settings, read by each service itself (and validated by it at start-up).
     #[serde(skip_serializing)]
     pub services: BTreeMap<String, figment::value::Dict>,
@@ -45,6 +48,7 @@ impl Default for PlatformConfig {
             listen: BTreeMap::new(),
             peers: BTreeMap::new(),
             tokens: TokenConfig::default(),
+            trusted_peers: Vec::new(),
             services: BTreeMap::new(),
         }
     }

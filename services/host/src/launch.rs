@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use clap::{Args as _, FromArgMatches as _};
 use figment::Figment;
 use shopmesh_kit::{ConfigArgs, config, telemetry};
 
@@ -40,6 +41,22 @@ pub fn launch(args: &ConfigArgs, services: &[&'static dyn Service], mode: Mode) 
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `main` of a `shopmesh-<service>` binary: its flags, then [`launch`] in distributed mode.
+pub fn service_main(service: &'static dyn Service) -> ExitCode {
+    // The name lives as long as the process; clap wants it static.
+    let name: &'static str = Box::leak(format!("shopmesh-{}", service.name()).into_boxed_str());
+    let command = ConfigArgs::augment_args(
+        clap::Command::new(name)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(format!(
+                "The shopmesh {} service, on its own",
+                service.name()
+            )),
+    );
+    let args = ConfigArgs::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    launch(&args, &[service], Mode::Distributed)
 }
 
 /// The validated platform config and the figment services read their sections from. With

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
 pub use config::{AdminConfig, PlatformConfig, TokenConfig};
-pub use launch::launch;
+pub use launch::{launch, service_main};
 pub use service::{Migrations, Mode, Peers, Service, ServiceContext, Store, section};
 
 /// A hosted component's line of the start-up banner: name and URL.
@@ -106,7 +106,8 @@ pub async fn run(
     let authority = Authority::new(
         Verifier::new(Arc::new(auth.clone()), config.tokens.policy()),
         Arc::new(auth),
-    );
+    )
+    .with_trusted_peers(config.trusted_peers.clone());
 
     let tasks = TaskTracker::new();
     for (service, listener) in services.iter().zip(listeners) {

@@ -46,6 +46,20 @@ fn token(c: &mut Criterion) {
                 .expect("the token verifies")
         })
     });
+    // Baseline: jsonwebtoken alone with a ready key, no cache lookup and no claim policy.
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(
+        &serde_json::from_value(serde_json::to_value(key.jwk()).expect("a JWK"))
+            .expect("jsonwebtoken reads our JWK"),
+    )
+    .expect("a decoding key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["shopmesh"]);
+    c.bench_function("token/verify (jsonwebtoken alone, baseline)", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<Claims>(black_box(&token), &decoding, &validation)
+                .expect("the token verifies")
+        })
+    });
     c.bench_function("token/sign", |b| {
         b.iter(|| key.sign(black_box(&claims)).expect("signing works"))
     });

@@ -7,6 +7,7 @@
 //! expanded into permissions with auth's role table, cached for [`ROLE_TABLE_TTL`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
@@ -15,8 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost_reflect::Value;
 use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
-use shopmesh_proto::shopmesh::auth::v1::{GetJwksRequest, ListRolesRequest};
+use shopmesh_proto::shopmesh::auth::v1::{self as pb, GetJwksRequest, ListRolesRequest};
 use shopmesh_proto::validate::descriptors;
+use tonic::transport::server::TcpConnectInfo;
 
 use crate::grpc::PeerChannel;
 use crate::token::{Jwk, KeySource, TokenError, Verifier};
@@ -37,7 +39,8 @@ pub enum Access {
     Authenticated,
     /// A caller whose roles grant this permission.
     Permission(String),
-    /// Other services only; the mesh authenticates them, the edge never routes to them.
+    /// Other services only: callers on this host (the node's mesh sidecar, or the same
+    /// process in `shopmesh up`) or in the configured trusted peers. The edge never routes here.
     Internal,
 }
 
@@ -51,12 +54,15 @@ pub fn rules() -> &'static HashMap<String, Access> {
         let mut rules = HashMap::new();
         for service in pool.services() {
             for method in service.methods() {
+                let path = format!("/{}/{}", service.full_name(), method.name());
                 let options = method.options();
-                if !options.has_extension(&extension) {
-                    continue;
-                }
                 let value = options.get_extension(&extension);
-                let Some(access) = value.as_message() else {
+                let access = value
+                    .as_message()
+                    .filter(|_| options.has_extension(&extension));
+                let Some(access) = access else {
+                    // A method without a rule is a defect: nobody holds this permission.
+                    rules.insert(path, Access::Permission(MISSING_RULE.to_owned()));
                     continue;
                 };
                 let rule = if access.has_field_by_name("public") {
@@ -137,6 +143,8 @@ pub trait RoleSource: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Authority {
     verifier: Verifier,
+    /// Addresses besides loopback that may call internal methods.
+    trusted: Arc<Vec<IpAddr>>,
     roles: Arc<dyn RoleSource>,
     table: moka::future::Cache<(), Arc<HashMap<String, BTreeSet<String>>>>,
 }
@@ -151,12 +159,20 @@ impl Authority {
     pub fn new(verifier: Verifier, roles: Arc<dyn RoleSource>) -> Self {
         Self {
             verifier,
+            trusted: Arc::new(Vec::new()),
             roles,
             table: moka::future::Cache::builder()
                 .max_capacity(1)
                 .time_to_live(ROLE_TABLE_TTL)
                 .build(),
         }
+    }
+
+    /// Lets `peers` call internal methods too (hosts of peer services in a deployment that
+    /// has no mesh sidecar in front of them yet).
+    pub fn with_trusted_peers(mut self, peers: Vec<IpAddr>) -> Self {
+        self.trusted = Arc::new(peers);
+        self
     }
 
     /// Verifies `token` and expands its roles.
@@ -182,11 +198,12 @@ impl Authority {
         })
     }
 
-    /// Checks the `authorization` header of a call to `path` against the method's rule; returns
-    /// the caller, if there is one.
+    /// Checks a call to `path` from `remote` with its `authorization` header against the
+    /// method's rule; returns the caller, if there is one.
     pub async fn admit(
         &self,
         path: &str,
+        remote: Option<IpAddr>,
         authorization: Option<&http::HeaderValue>,
     ) -> Result<Option<Caller>> {
         let caller = match authorization {
@@ -207,7 +224,17 @@ impl Authority {
         };
         match (rules().get(path), &caller) {
             // Unknown paths (health, or methods that do not exist) are left to the router.
-            (None | Some(Access::Public | Access::Internal), _) => Ok(caller),
+            (None | Some(Access::Public), _) => Ok(caller),
+            (Some(Access::Internal), _) => {
+                if remote.is_some_and(|ip| ip.is_loopback() || self.trusted.contains(&ip)) {
+                    Ok(caller)
+                } else {
+                    Err(Error::permission_denied(
+                        "INTERNAL_ONLY",
+                        "this method is only for other shopmesh services",
+                    ))
+                }
+            }
             (Some(Access::Authenticated | Access::Permission(_)), None) => Err(
                 Error::unauthenticated("TOKEN_MISSING", "an access token is required"),
             ),
@@ -241,17 +268,7 @@ impl KeySource for AuthPeer {
             .map_err(|status| TokenError::KeysUnavailable(status.message().to_owned()))?
             .into_inner()
             .keys;
-        Ok(keys
-            .into_iter()
-            .map(|key| Jwk {
-                kty: key.kty,
-                crv: key.crv,
-                x: key.x,
-                kid: key.kid,
-                alg: key.alg,
-                use_: key.r#use,
-            })
-            .collect())
+        Ok(keys.into_iter().map(Jwk::from).collect())
     }
 }
 
@@ -269,6 +286,32 @@ impl RoleSource for AuthPeer {
             .into_iter()
             .map(|role| (role.name, role.permissions.into_iter().collect()))
             .collect())
+    }
+}
+
+impl From<pb::Jwk> for Jwk {
+    fn from(key: pb::Jwk) -> Self {
+        Self {
+            kty: key.kty,
+            crv: key.crv,
+            x: key.x,
+            kid: key.kid,
+            alg: key.alg,
+            use_: key.r#use,
+        }
+    }
+}
+
+impl From<Jwk> for pb::Jwk {
+    fn from(key: Jwk) -> Self {
+        Self {
+            kty: key.kty,
+            crv: key.crv,
+            x: key.x,
+            kid: key.kid,
+            alg: key.alg,
+            r#use: key.use_,
+        }
     }
 }
 
@@ -326,8 +369,13 @@ where
         let authority = self.authority.clone();
         Box::pin(async move {
             let path = request.uri().path().to_owned();
+            let remote = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|address| address.ip());
             let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
-            match authority.admit(&path, authorization.as_ref()).await {
+            match authority.admit(&path, remote, authorization.as_ref()).await {
                 Ok(caller) => {
                     if let Some(caller) = caller {
                         request.extensions_mut().insert(caller);

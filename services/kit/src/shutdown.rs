@@ -46,6 +46,28 @@ impl Shutdown {
     }
 }
 
+/// Runs `task` every `every` until shutdown; a failed run is logged under `name` and the next one
+/// runs on schedule. For housekeeping: reloads, purges of expired rows.
+pub async fn every<F, Fut>(shutdown: Shutdown, every: Duration, name: &'static str, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.wait() => return,
+        }
+        if let Err(error) = task().await {
+            tracing::warn!(
+                task = name,
+                error = format!("{error:#}"),
+                "periodic task failed"
+            );
+        }
+    }
+}
+
 #[cfg(unix)]
 async fn signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -8,8 +8,10 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
-use scylla::response::query_result::QueryResult;
+use scylla::response::query_result::{QueryResult, QueryRowsResult};
+use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
@@ -113,12 +115,9 @@ impl Cql {
     where
         T: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
     {
-        let rows = self
-            .execute(statement, values)
+        self.query(statement, values)
             .await?
-            .into_rows_result()
-            .map_err(|e| StorageError::Cql(e.to_string()))?;
-        rows.rows::<T>()
+            .rows::<T>()
             .map_err(|e| StorageError::Cql(e.to_string()))?
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| StorageError::Corrupt(e.to_string()))
@@ -133,13 +132,36 @@ impl Cql {
     where
         T: for<'frame, 'metadata> DeserializeRow<'frame, 'metadata>,
     {
-        let rows = self
-            .execute(statement, values)
+        self.query(statement, values)
+            .await?
+            .maybe_first_row::<T>()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))
+    }
+
+    async fn query(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<QueryRowsResult> {
+        self.execute(statement, values)
             .await?
             .into_rows_result()
-            .map_err(|e| StorageError::Cql(e.to_string()))?;
-        rows.maybe_first_row::<T>()
-            .map_err(|e| StorageError::Corrupt(e.to_string()))
+            .map_err(|e| StorageError::Cql(e.to_string()))
+    }
+
+    /// Applies `statements` with `values` (a tuple, one row of values per statement) as one
+    /// logged batch: all of them take effect, or none.
+    pub async fn logged_batch(
+        &self,
+        statements: &[&PreparedStatement],
+        values: impl BatchValues,
+    ) -> Result<()> {
+        let mut batch = Batch::new(BatchType::Logged);
+        for statement in statements {
+            batch.append_statement((*statement).clone());
+        }
+        self.session.batch(&batch, values).await.map_err(classify)?;
+        Ok(())
     }
 
     async fn migrate(&self, migrations: &[Migration]) -> Result<()> {

@@ -36,8 +36,9 @@ impl Default for UsersConfig {
     }
 }
 
-/// Per-account login throttling: after `free_failures` failed attempts in a row, each further
-/// failure blocks the account's logins for `base_delay`, doubled per failure up to `max_delay`.
+/// Per-account login throttling: once `free_failures` attempts in a row have failed, the
+/// account's logins are blocked for `base_delay`, and each further failure doubles the block,
+/// up to `max_delay`. A success, or a day without attempts, starts the count again.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {

@@ -11,11 +11,14 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use figment::Figment;
 use shopmesh_events::outbox::{Relay, SqliteOutbox};
 use shopmesh_host::{Mode, Service, ServiceContext, Store};
+use shopmesh_kit::clock::now_ms;
+use shopmesh_kit::shutdown::every;
 use shopmesh_kit::{ConfigError, config::render};
 use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
 use shopmesh_proto::shopmesh::users::v1::user_service_server::UserServiceServer;
@@ -27,7 +30,7 @@ use crate::profile::Vault;
 use crate::service::{Registration, UserHandler};
 use crate::store::cql::CqlUsers;
 use crate::store::sqlite::SqliteUsers;
-use crate::store::{MIGRATIONS, UserStore};
+use crate::store::{FAILURE_MEMORY_MS, MIGRATIONS, UserStore};
 
 /// The users service, as the host runs it.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +74,16 @@ pub async fn open(context: &ServiceContext, config: &UsersConfig) -> anyhow::Res
     };
     let waker = relay.waker();
     context.spawn(relay.run(context.shutdown.clone()));
+    let purging = store.clone();
+    context.spawn(every(
+        context.shutdown.clone(),
+        Duration::from_secs(3600),
+        "purge login attempts",
+        move || {
+            let store = purging.clone();
+            async move { Ok(store.purge_attempts(now_ms() - FAILURE_MEMORY_MS).await?) }
+        },
+    ));
     let hasher = Hasher::new(config.bcrypt_cost, config.hashing_concurrency).await?;
     let auth = context
         .peers

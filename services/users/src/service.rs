@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::config::ThrottleConfig;
 use crate::password::{self, Hasher};
 use crate::profile::{Profile, Vault, normalize_email};
-use crate::store::{Cursor, StoreError, UserRecord, UserStore};
+use crate::store::{Attempt, Cursor, StoreError, UserRecord, UserStore};
 
 /// The role every new account gets.
 pub const DEFAULT_ROLE: &str = "customer";
@@ -147,38 +147,25 @@ impl UserHandler {
             .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))
     }
 
-    /// Counts a failed password check against `email_index`, blocking it once over the limit.
-    async fn record_failure(&self, email_index: &[u8], count: u32) -> Result<()> {
-        let count = count.saturating_add(1);
-        let blocked_until_ms = self
-            .throttle
-            .delay_after(count)
-            .map_or(0, |delay| now_ms() + delay.as_millis() as i64);
-        self.store
-            .set_failures(
-                email_index,
-                crate::store::Failures {
-                    count,
-                    blocked_until_ms,
-                },
-            )
+    /// Counts a password check against `email_index` before it runs (a success clears the
+    /// count); refuses it while the account is blocked.
+    async fn begin_attempt(&self, email_index: &[u8]) -> Result<()> {
+        let attempt = self
+            .store
+            .begin_attempt(email_index, now_ms(), &self.throttle)
             .await
-            .map_err(storage)
-    }
-
-    /// Refuses a login while the account is blocked; returns the failures so far.
-    async fn check_throttle(&self, email_index: &[u8]) -> Result<u32> {
-        let failures = self.store.failures(email_index).await.map_err(storage)?;
-        let wait = failures.blocked_until_ms - now_ms();
-        if wait > 0 {
-            let wait = Duration::from_millis(wait as u64);
-            return Err(Error::resource_exhausted(
-                "LOGIN_THROTTLED",
-                "too many failed logins for this account; retry later",
-            )
-            .with_retry_after(wait.max(Duration::from_secs(1))));
+            .map_err(storage)?;
+        match attempt {
+            Attempt::Allowed => Ok(()),
+            Attempt::Blocked { until_ms } => {
+                let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+                Err(Error::resource_exhausted(
+                    "LOGIN_THROTTLED",
+                    "too many failed logins for this account; retry later",
+                )
+                .with_retry_after(wait.max(Duration::from_secs(1))))
+            }
         }
-        Ok(failures.count)
     }
 
     /// Writes `record` as its next version, retrying on a concurrent change by re-reading and
@@ -225,13 +212,19 @@ impl UserService for UserHandler {
         &self,
         request: Request<CreateUserRequest>,
     ) -> std::result::Result<Response<User>, Status> {
+        let preferred = preferred_language(request.metadata());
         let request = request.into_inner();
+        let locale = if request.locale.is_empty() {
+            preferred
+        } else {
+            request.locale
+        };
         let user = self
             .register(Registration {
                 email: request.email,
                 password: request.password,
                 display_name: request.display_name,
-                locale: request.locale,
+                locale,
                 roles: vec![DEFAULT_ROLE.to_owned()],
             })
             .await?;
@@ -287,13 +280,12 @@ impl UserService for UserHandler {
                 .await
                 .map_err(storage)?
                 .ok_or_else(|| Error::not_found("USER_NOT_FOUND", "no such user"))?;
-            let failures = self.check_throttle(&record.email_index).await?;
+            self.begin_attempt(&record.email_index).await?;
             if !self
                 .hasher
                 .verify(&change.current_password, Some(&record.password_hash))
                 .await?
             {
-                self.record_failure(&record.email_index, failures).await?;
                 return Err(Error::permission_denied(
                     "WRONG_PASSWORD",
                     "the current password is wrong",
@@ -301,6 +293,10 @@ impl UserService for UserHandler {
                 .with_metadata("field", "user.password.current_password")
                 .into());
             }
+            self.store
+                .clear_failures(&record.email_index)
+                .await
+                .map_err(storage)?;
             Some(self.hasher.hash(&change.new_password).await?)
         } else {
             None
@@ -428,7 +424,7 @@ impl UserService for UserHandler {
     ) -> std::result::Result<Response<VerifyCredentialsResponse>, Status> {
         let request = request.into_inner();
         let email_index = self.vault.email_index(&request.email);
-        let failures = self.check_throttle(&email_index).await?;
+        self.begin_attempt(&email_index).await?;
         let record = self
             .store
             .find_by_email(&email_index)
@@ -443,19 +439,16 @@ impl UserService for UserHandler {
             )
             .await?;
         let Some(record) = record.filter(|_| matched) else {
-            self.record_failure(&email_index, failures).await?;
             return Err(Error::unauthenticated(
                 "INVALID_CREDENTIALS",
                 "wrong e-mail address or password",
             )
             .into());
         };
-        if failures > 0 {
-            self.store
-                .clear_failures(&email_index)
-                .await
-                .map_err(storage)?;
-        }
+        self.store
+            .clear_failures(&email_index)
+            .await
+            .map_err(storage)?;
         Ok(Response::new(VerifyCredentialsResponse {
             user: Some(self.view(&record)?),
         }))
@@ -512,6 +505,29 @@ fn user_event(user: Uuid, payload: user_event::Payload) -> Event {
     event
 }
 
+/// The first language of the caller's `accept-language` header (forwarded by the edge), if it
+/// is a plain BCP 47 tag; otherwise English.
+fn preferred_language(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("accept-language")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .map(|first| first.split(';').next().unwrap_or_default().trim())
+        .filter(|tag| {
+            (2..=35).contains(&tag.len())
+                && tag.split('-').all(|part| {
+                    !part.is_empty()
+                        && part.len() <= 8
+                        && part.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
+                && tag
+                    .bytes()
+                    .take_while(|b| *b != b'-')
+                    .all(|b| b.is_ascii_alphabetic())
+        })
+        .map_or_else(|| "en".to_owned(), str::to_owned)
+}
+
 fn encode_cursor((at, id): Cursor) -> String {
     URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
 }
@@ -528,4 +544,26 @@ fn decode_cursor(token: &str) -> Result<Cursor> {
         at.parse().map_err(|_| invalid())?,
         Uuid::parse_str(id).map_err(|_| invalid())?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_preferred_language_comes_from_accept_language() {
+        let language = |header: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("accept-language", header.parse().unwrap());
+            preferred_language(&metadata)
+        };
+        assert_eq!(language("de-CH, de;q=0.9, en;q=0.8"), "de-CH");
+        assert_eq!(language("fr;q=0.9"), "fr");
+        assert_eq!(language("*"), "en");
+        assert_eq!(language("1234"), "en");
+        assert_eq!(
+            preferred_language(&tonic::metadata::MetadataMap::new()),
+            "en"
+        );
+    }
 }

@@ -7,6 +7,8 @@ use shopmesh_host::Migrations;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
+use crate::config::ThrottleConfig;
+
 pub mod cql;
 pub mod sqlite;
 
@@ -30,12 +32,46 @@ pub struct UserRecord {
     pub version: i64,
 }
 
-/// Failed logins in a row for one e-mail index.
+/// A streak of failures older than this is forgotten.
+pub const FAILURE_MEMORY_MS: i64 = 24 * 3600 * 1000;
+
+/// Login attempts in a row, not yet followed by a success, for one e-mail index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Failures {
     pub count: u32,
     /// Logins are refused until then (milliseconds since the epoch; 0 for not blocked).
     pub blocked_until_ms: i64,
+    pub last_attempt_ms: i64,
+}
+
+impl Failures {
+    /// The record after one more attempt at `now_ms`, counted as a failure in advance (a
+    /// success clears it), or the time the e-mail is blocked until.
+    pub fn attempt(self, now_ms: i64, throttle: &ThrottleConfig) -> Result<Self, i64> {
+        if self.blocked_until_ms > now_ms {
+            return Err(self.blocked_until_ms);
+        }
+        let earlier = if now_ms - self.last_attempt_ms > FAILURE_MEMORY_MS {
+            0
+        } else {
+            self.count
+        };
+        let count = earlier.saturating_add(1);
+        Ok(Self {
+            count,
+            blocked_until_ms: throttle
+                .delay_after(count)
+                .map_or(0, |delay| now_ms + delay.as_millis() as i64),
+            last_attempt_ms: now_ms,
+        })
+    }
+}
+
+/// Whether a login attempt may check its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Allowed,
+    Blocked { until_ms: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +115,19 @@ pub trait UserStore: Send + Sync + 'static {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<UserRecord>, StoreError>;
-    async fn failures(&self, email_index: &[u8]) -> Result<Failures, StoreError>;
-    async fn set_failures(&self, email_index: &[u8], failures: Failures) -> Result<(), StoreError>;
+    /// Counts a password check for `email_index` before it runs, atomically, as
+    /// [`Failures::attempt`] says: concurrent guesses are each counted, so a burst cannot slip
+    /// past the throttle.
+    async fn begin_attempt(
+        &self,
+        email_index: &[u8],
+        now_ms: i64,
+        throttle: &ThrottleConfig,
+    ) -> Result<Attempt, StoreError>;
+    /// Forgets the attempts after a successful check.
     async fn clear_failures(&self, email_index: &[u8]) -> Result<(), StoreError>;
+    /// Deletes attempt records untouched since `before_ms` (CQL rows expire by TTL).
+    async fn purge_attempts(&self, before_ms: i64) -> Result<(), StoreError>;
 }
 
 /// The users schema on both backends.
@@ -110,7 +156,8 @@ const SQLITE: &[Migration] = &[
             CREATE TABLE login_failures (
                 email_index BLOB PRIMARY KEY,
                 failures INTEGER NOT NULL,
-                blocked_until INTEGER NOT NULL
+                blocked_until INTEGER NOT NULL,
+                last_attempt INTEGER NOT NULL
             );
         ",
     },
@@ -148,7 +195,8 @@ const CQL: &[Migration] = &[
             CREATE TABLE IF NOT EXISTS login_failures (
                 email_index blob PRIMARY KEY,
                 failures int,
-                blocked_until bigint
+                blocked_until bigint,
+                last_attempt bigint
             ) WITH default_time_to_live = 86400;
         ",
     },

@@ -5,9 +5,12 @@ use std::sync::Arc;
 use shopmesh_events::Event;
 use shopmesh_storage::contract_suite;
 use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_users::config::ThrottleConfig;
 use shopmesh_users::store::cql::CqlUsers;
 use shopmesh_users::store::sqlite::SqliteUsers;
-use shopmesh_users::store::{Failures, MIGRATIONS, StoreError, UserRecord, UserStore};
+use shopmesh_users::store::{
+    Attempt, FAILURE_MEMORY_MS, MIGRATIONS, StoreError, UserRecord, UserStore,
+};
 use uuid::Uuid;
 
 /// A repository and what must outlive it.
@@ -117,16 +120,59 @@ async fn lists_oldest_first_across_months((store, _keep): Subject) {
     assert_eq!(listed, records.iter().map(|r| r.id).collect::<Vec<_>>());
 }
 
-async fn failures_are_kept_and_cleared((store, _keep): Subject) {
-    assert_eq!(store.failures(b"ada").await.unwrap(), Failures::default());
-    let failures = Failures {
-        count: 6,
-        blocked_until_ms: 1_700_000_000_000,
-    };
-    store.set_failures(b"ada", failures).await.unwrap();
-    assert_eq!(store.failures(b"ada").await.unwrap(), failures);
+async fn attempts_are_counted_atomically_and_cleared((store, _keep): Subject) {
+    let throttle = ThrottleConfig::default();
+    let now = 1_700_000_000_000;
+    // A burst of guesses at one moment: only the free ones get to check a password.
+    let guesses = (0..12).map(|_| {
+        let (store, throttle) = (store.clone(), throttle.clone());
+        tokio::spawn(async move { store.begin_attempt(b"ada", now, &throttle).await.unwrap() })
+    });
+    let allowed = futures::future::join_all(guesses)
+        .await
+        .into_iter()
+        .filter(|attempt| attempt.as_ref().unwrap() == &Attempt::Allowed)
+        .count();
+    assert_eq!(allowed as u32, throttle.free_failures);
+    assert_eq!(
+        store
+            .begin_attempt(b"ada", now + 500, &throttle)
+            .await
+            .unwrap(),
+        Attempt::Blocked {
+            until_ms: now + 1_000
+        }
+    );
+    // Once the block has passed another attempt may run; a success clears the streak.
+    assert_eq!(
+        store
+            .begin_attempt(b"ada", now + 1_000, &throttle)
+            .await
+            .unwrap(),
+        Attempt::Allowed
+    );
     store.clear_failures(b"ada").await.unwrap();
-    assert_eq!(store.failures(b"ada").await.unwrap(), Failures::default());
+    for _ in 0..throttle.free_failures - 1 {
+        assert_eq!(
+            store
+                .begin_attempt(b"ada", now + 2_000, &throttle)
+                .await
+                .unwrap(),
+            Attempt::Allowed
+        );
+    }
+    // A streak older than a day is forgotten.
+    let later = now + FAILURE_MEMORY_MS + 10_000;
+    assert_eq!(
+        store.begin_attempt(b"bob", now, &throttle).await.unwrap(),
+        Attempt::Allowed
+    );
+    for _ in 0..throttle.free_failures {
+        assert_eq!(
+            store.begin_attempt(b"ada", later, &throttle).await.unwrap(),
+            Attempt::Allowed
+        );
+    }
 }
 
 contract_suite! {
@@ -137,6 +183,6 @@ contract_suite! {
         one_of_many_registrations_of_an_email_wins,
         updates_apply_only_over_the_version_read,
         lists_oldest_first_across_months,
-        failures_are_kept_and_cleared,
+        attempts_are_counted_atomically_and_cleared,
     ]
 }

@@ -4,7 +4,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::{Cql, lwt_applied};
@@ -29,6 +28,7 @@ pub struct CqlAuth {
     spend: PreparedStatement,
     select_family: PreparedStatement,
     revoke_family: PreparedStatement,
+    family_expiry: PreparedStatement,
     families_of_user: PreparedStatement,
 }
 
@@ -72,7 +72,10 @@ impl CqlAuth {
                 .prepare("SELECT revoked FROM token_families WHERE id = ?")
                 .await?,
             revoke_family: cql
-                .prepare("UPDATE token_families SET revoked = true WHERE id = ?")
+                .prepare("UPDATE token_families USING TTL ? SET revoked = true WHERE id = ?")
+                .await?,
+            family_expiry: cql
+                .prepare("SELECT expires_at FROM token_families WHERE id = ?")
                 .await?,
             families_of_user: cql
                 .prepare("SELECT family, expires_at FROM families_by_user WHERE user_id = ?")
@@ -129,14 +132,11 @@ impl AuthStore for CqlAuth {
 
     async fn start_family(&self, token: &RefreshToken) -> Result<(), StorageError> {
         let ttl = ttl(token.expires_at_ms);
-        let mut batch = Batch::new(BatchType::Logged);
-        for statement in [
+        let statements = [
             &self.insert_family,
             &self.insert_family_by_user,
             &self.insert_token,
-        ] {
-            batch.append_statement(statement.clone());
-        }
+        ];
         let values = (
             (token.family, token.user_id, token.expires_at_ms, ttl),
             (token.user_id, token.family, token.expires_at_ms, ttl),
@@ -148,24 +148,16 @@ impl AuthStore for CqlAuth {
                 ttl,
             ),
         );
-        self.cql
-            .session()
-            .batch(&batch, values)
-            .await
-            .map_err(shopmesh_storage::cql::classify)?;
-        Ok(())
+        self.cql.logged_batch(&statements, values).await
     }
 
     async fn add_token(&self, token: &RefreshToken) -> Result<(), StorageError> {
         let ttl = ttl(token.expires_at_ms);
-        let mut batch = Batch::new(BatchType::Logged);
-        for statement in [
+        let statements = [
             &self.extend_family,
             &self.insert_family_by_user,
             &self.insert_token,
-        ] {
-            batch.append_statement(statement.clone());
-        }
+        ];
         let values = (
             (ttl, token.expires_at_ms, token.family),
             (token.user_id, token.family, token.expires_at_ms, ttl),
@@ -177,12 +169,7 @@ impl AuthStore for CqlAuth {
                 ttl,
             ),
         );
-        self.cql
-            .session()
-            .batch(&batch, values)
-            .await
-            .map_err(shopmesh_storage::cql::classify)?;
-        Ok(())
+        self.cql.logged_batch(&statements, values).await
     }
 
     async fn token(&self, hash: &[u8]) -> Result<Option<RefreshToken>, StorageError> {
@@ -214,7 +201,20 @@ impl AuthStore for CqlAuth {
     }
 
     async fn revoke_family(&self, family: Uuid) -> Result<(), StorageError> {
-        self.cql.execute(&self.revoke_family, (family,)).await?;
+        // The flag lives as long as the family's other cells.
+        let expires_at = self
+            .cql
+            .first_row::<(Option<i64>,)>(&self.family_expiry, (family,))
+            .await?;
+        if let Some((Some(expires_at_ms),)) = expires_at {
+            self.cql
+                .execute(&self.revoke_family, (ttl(expires_at_ms), family))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn purge_expired(&self, _before_ms: i64) -> Result<(), StorageError> {
         Ok(())
     }
 

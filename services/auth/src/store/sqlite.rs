@@ -165,6 +165,21 @@ impl AuthStore for SqliteAuth {
             })
             .await
     }
+
+    async fn purge_expired(&self, before_ms: i64) -> Result<(), StorageError> {
+        self.0.write(move |tx| purge(tx, before_ms)).await
+    }
+}
+
+fn purge(tx: &rusqlite::Transaction<'_>, before_ms: i64) -> Result<(), StorageError> {
+    tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at < ?1")?
+        .execute([before_ms])?;
+    tx.prepare_cached(
+        "DELETE FROM token_families WHERE expires_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM refresh_tokens WHERE family = token_families.id)",
+    )?
+    .execute([before_ms])?;
+    Ok(())
 }
 
 fn insert_token(tx: &rusqlite::Transaction<'_>, token: &RefreshToken) -> Result<(), StorageError> {

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use shopmesh_events::Event;
 use shopmesh_events::outbox::{CqlOutbox, OutboxRow};
@@ -15,7 +14,8 @@ use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::{Cql, lwt_applied, lwt_outcome};
 use uuid::Uuid;
 
-use super::{Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
+use super::{Attempt, Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
+use crate::config::ThrottleConfig;
 
 /// The single partition of `user_months`, which lists the months that have accounts.
 const MONTHS_SHARD: i32 = 0;
@@ -47,7 +47,8 @@ pub struct CqlUsers {
     month_page: PreparedStatement,
     month_page_after: PreparedStatement,
     select_failures: PreparedStatement,
-    upsert_failures: PreparedStatement,
+    insert_failures: PreparedStatement,
+    update_failures: PreparedStatement,
     delete_failures: PreparedStatement,
 }
 
@@ -100,10 +101,19 @@ impl CqlUsers {
                 )
                 .await?,
             select_failures: cql
-                .prepare("SELECT failures, blocked_until FROM login_failures WHERE email_index = ?")
+                .prepare("SELECT failures, blocked_until, last_attempt FROM login_failures WHERE email_index = ?")
                 .await?,
-            upsert_failures: cql
-                .prepare("UPDATE login_failures SET failures = ?, blocked_until = ? WHERE email_index = ?")
+            insert_failures: cql
+                .prepare(
+                    "INSERT INTO login_failures (email_index, failures, blocked_until, last_attempt) \
+                     VALUES (?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            update_failures: cql
+                .prepare(
+                    "UPDATE login_failures SET failures = ?, blocked_until = ?, last_attempt = ? \
+                     WHERE email_index = ? IF failures = ? AND last_attempt = ?",
+                )
                 .await?,
             delete_failures: cql
                 .prepare("DELETE FROM login_failures WHERE email_index = ?")
@@ -184,15 +194,12 @@ impl UserStore for CqlUsers {
             return Err(StoreError::Conflict);
         }
         let month = month_of(user.created_at_ms);
-        let mut batch = Batch::new(BatchType::Logged);
-        for statement in [
+        let statements = [
             &self.insert,
             &self.insert_by_month,
             &self.insert_month,
             self.outbox.insert(),
-        ] {
-            batch.append_statement(statement.clone());
-        }
+        ];
         let values = (
             (
                 user.id,
@@ -209,8 +216,7 @@ impl UserStore for CqlUsers {
             (MONTHS_SHARD, month),
             OutboxRow::new(TOPIC, event).map_err(|e| StorageError::Corrupt(e.to_string()))?,
         );
-        self.cql.session().batch(&batch, values).await?;
-        Ok(())
+        Ok(self.cql.logged_batch(&statements, values).await?)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<UserRecord>, StoreError> {
@@ -303,34 +309,76 @@ impl UserStore for CqlUsers {
         Ok(users)
     }
 
-    async fn failures(&self, email_index: &[u8]) -> Result<Failures, StoreError> {
-        let row = self
-            .cql
-            .first_row::<(Option<i32>, Option<i64>)>(&self.select_failures, (email_index,))
-            .await?;
-        Ok(
-            row.map_or_else(Failures::default, |(count, blocked)| Failures {
+    async fn begin_attempt(
+        &self,
+        email_index: &[u8],
+        now_ms: i64,
+        throttle: &ThrottleConfig,
+    ) -> Result<Attempt, StoreError> {
+        // Read, then write conditionally on what was read; a concurrent attempt makes the
+        // condition fail and this one reads again.
+        loop {
+            let row = self
+                .cql
+                .first_row::<(Option<i32>, Option<i64>, Option<i64>)>(
+                    &self.select_failures,
+                    (email_index,),
+                )
+                .await?;
+            let failures = row.map_or_else(Failures::default, |(count, blocked, last)| Failures {
                 count: count.unwrap_or(0).max(0) as u32,
                 blocked_until_ms: blocked.unwrap_or(0),
-            }),
-        )
-    }
-
-    async fn set_failures(&self, email_index: &[u8], failures: Failures) -> Result<(), StoreError> {
-        let count = i32::try_from(failures.count).unwrap_or(i32::MAX);
-        self.cql
-            .execute(
-                &self.upsert_failures,
-                (count, failures.blocked_until_ms, email_index),
-            )
-            .await?;
-        Ok(())
+                last_attempt_ms: last.unwrap_or(0),
+            });
+            let next = match failures.attempt(now_ms, throttle) {
+                Ok(next) => next,
+                Err(until_ms) => return Ok(Attempt::Blocked { until_ms }),
+            };
+            let count = i32::try_from(next.count).unwrap_or(i32::MAX);
+            let written = match row {
+                None => {
+                    self.cql
+                        .execute(
+                            &self.insert_failures,
+                            (
+                                email_index,
+                                count,
+                                next.blocked_until_ms,
+                                next.last_attempt_ms,
+                            ),
+                        )
+                        .await?
+                }
+                Some((seen, _, seen_at)) => {
+                    self.cql
+                        .execute(
+                            &self.update_failures,
+                            (
+                                count,
+                                next.blocked_until_ms,
+                                next.last_attempt_ms,
+                                email_index,
+                                seen,
+                                seen_at,
+                            ),
+                        )
+                        .await?
+                }
+            };
+            if lwt_applied(written)? {
+                return Ok(Attempt::Allowed);
+            }
+        }
     }
 
     async fn clear_failures(&self, email_index: &[u8]) -> Result<(), StoreError> {
         self.cql
             .execute(&self.delete_failures, (email_index,))
             .await?;
+        Ok(())
+    }
+
+    async fn purge_attempts(&self, _before_ms: i64) -> Result<(), StoreError> {
         Ok(())
     }
 }

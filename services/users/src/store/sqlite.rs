@@ -7,7 +7,8 @@ use shopmesh_storage::StorageError;
 use shopmesh_storage::sqlite::Sqlite;
 use uuid::Uuid;
 
-use super::{Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
+use super::{Attempt, Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
+use crate::config::ThrottleConfig;
 
 const COLUMNS: &str =
     "id, email_index, password_hash, profile, locale, roles, created_at, updated_at, version";
@@ -142,36 +143,39 @@ impl UserStore for SqliteUsers {
             .await
     }
 
-    async fn failures(&self, email_index: &[u8]) -> Result<Failures, StoreError> {
-        let email_index = email_index.to_vec();
+    async fn begin_attempt(
+        &self,
+        email_index: &[u8],
+        now_ms: i64,
+        throttle: &ThrottleConfig,
+    ) -> Result<Attempt, StoreError> {
+        let (email_index, throttle) = (email_index.to_vec(), throttle.clone());
         self.0
-            .read(move |db| {
-                Ok(db
+            .write(move |tx| {
+                let failures = tx
                     .prepare_cached(
-                        "SELECT failures, blocked_until FROM login_failures WHERE email_index = ?1",
+                        "SELECT failures, blocked_until, last_attempt FROM login_failures WHERE email_index = ?1",
                     )?
-                    .query_row([email_index], |row| {
+                    .query_row([&email_index], |row| {
                         Ok(Failures {
                             count: row.get(0)?,
                             blocked_until_ms: row.get(1)?,
+                            last_attempt_ms: row.get(2)?,
                         })
                     })
                     .optional()?
-                    .unwrap_or_default())
-            })
-            .await
-    }
-
-    async fn set_failures(&self, email_index: &[u8], failures: Failures) -> Result<(), StoreError> {
-        let email_index = email_index.to_vec();
-        self.0
-            .write(move |tx| {
+                    .unwrap_or_default();
+                let next = match failures.attempt(now_ms, &throttle) {
+                    Ok(next) => next,
+                    Err(until_ms) => return Ok(Attempt::Blocked { until_ms }),
+                };
                 tx.prepare_cached(
-                    "INSERT INTO login_failures (email_index, failures, blocked_until) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (email_index) DO UPDATE SET failures = ?2, blocked_until = ?3",
+                    "INSERT INTO login_failures (email_index, failures, blocked_until, last_attempt)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (email_index) DO UPDATE SET failures = ?2, blocked_until = ?3, last_attempt = ?4",
                 )?
-                .execute(params![email_index, failures.count, failures.blocked_until_ms])?;
-                Ok(())
+                .execute(params![email_index, next.count, next.blocked_until_ms, next.last_attempt_ms])?;
+                Ok(Attempt::Allowed)
             })
             .await
     }
@@ -182,6 +186,18 @@ impl UserStore for SqliteUsers {
             .write(move |tx| {
                 tx.prepare_cached("DELETE FROM login_failures WHERE email_index = ?1")?
                     .execute([email_index])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn purge_attempts(&self, before_ms: i64) -> Result<(), StoreError> {
+        self.0
+            .write(move |tx| {
+                tx.prepare_cached(
+                    "DELETE FROM login_failures WHERE last_attempt < ?1 AND blocked_until < ?1",
+                )?
+                .execute([before_ms])?;
                 Ok(())
             })
             .await
