@@ -1,10 +1,124 @@
 //! The edge gateway: the platform's front door. Every REST route comes from the protos'
 //! `google.api.http` rules ([`routes`], [`template`]); requests are transcoded to gRPC and back
-//! ([`transcode`]), validated with the same rules the services apply, and checked against each
-//! method's access rule before any service sees them.
+//! ([`transcode`]), checked against each method's access rule before their body is read,
+//! validated with the same rules the services apply, and sent to the owning service
+//! ([`upstream`]). gRPC clients pass through to the services. [`gateway`] is the Pingora side.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod gateway;
 pub mod routes;
 pub mod template;
 pub mod transcode;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use figment::Figment;
+use pingora::services::Service as _;
+use shopmesh_host::{Protocol, Serve, Service, ServiceContext};
+use shopmesh_kit::{ConfigError, config::render, grpc};
+use shopmesh_proto::validate::descriptors;
+
+pub use config::EdgeConfig;
+
+use crate::gateway::Gateway;
+use crate::routes::Router;
+use crate::upstream::Upstreams;
+
+/// How long in-flight requests may finish after the edge stops accepting.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The edge, as the host runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Edge;
+
+#[async_trait]
+impl Service for Edge {
+    fn name(&self) -> &'static str {
+        "edge"
+    }
+
+    fn protocol(&self) -> Protocol {
+        Protocol::Own
+    }
+
+    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
+        Ok(render(&shopmesh_host::section::<EdgeConfig>(section)?))
+    }
+
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
+        let config: EdgeConfig = context.config()?;
+        let router = Router::from_descriptors(descriptors())?;
+        let mut channels = HashMap::new();
+        let mut grpc_targets = HashMap::new();
+        for service in services() {
+            let Some(address) = context.peers.address(&service) else {
+                continue;
+            };
+            channels.insert(service.clone(), grpc::connect(address)?);
+            grpc_targets.insert(service, resolve(address).await?);
+        }
+        let listen = free_port(config.listen)?;
+        let gateway = Gateway {
+            router,
+            upstreams: Upstreams::new(channels),
+            grpc_targets,
+            authority: context.authority.clone(),
+            max_body_bytes: config.max_body_bytes,
+            timeout: config.timeout,
+        };
+        let mut service = gateway::service(gateway, listen);
+        let shutdown = context.shutdown.clone();
+        context.spawn(async move {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let serving = tokio::spawn(async move {
+                service.start_service(None, stopped, 1).await;
+            });
+            shutdown.wait().await;
+            let _ = stop.send(true);
+            let _ = serving.await;
+            // Pingora stops accepting at once; requests in flight get a moment to finish.
+            tokio::time::sleep(GRACE).await;
+        });
+        Ok(Serve::Own {
+            url: format!("http://{listen}  (REST and gRPC)"),
+        })
+    }
+}
+
+/// Every shopmesh service that has methods in the protos.
+fn services() -> Vec<String> {
+    let mut names: Vec<String> = descriptors()
+        .services()
+        .filter_map(|service| routes::owner(service.package_name()).map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The socket address of a peer URL (`http://host:port`).
+async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("cannot resolve {url}"))?
+        .next()
+        .with_context(|| format!("{url} resolves to no address"))
+}
+
+/// `listen`, with port 0 replaced by a port that is free now. Pingora binds by address and
+/// panics when it cannot, so binding once here also turns a taken port into a clear error.
+fn free_port(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let probe = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("edge: cannot listen on {listen}"))?;
+    Ok(probe.local_addr()?)
+}

@@ -132,7 +132,7 @@ impl Router {
                 }
             }
         }
-        routes.sort_by(|a, b| b.template.specificity().cmp(&a.template.specificity()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.template.specificity()));
         Ok(Self { routes })
     }
 
@@ -165,7 +165,7 @@ impl Router {
 }
 
 /// `shopmesh.users.v1` → `users`: the service a package belongs to.
-fn owner(package: &str) -> Option<&str> {
+pub(crate) fn owner(package: &str) -> Option<&str> {
     let mut parts = package.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some("shopmesh"), Some(service), Some(_version), None) => Some(service),

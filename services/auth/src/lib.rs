@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use figment::Figment;
 use prost::Message as _;
 use shopmesh_events::{Event, SubscribeOptions, consumer};
-use shopmesh_host::{Service, ServiceContext, Store};
+use shopmesh_host::{Serve, Service, ServiceContext, Store};
 use shopmesh_kit::clock::now_ms;
 use shopmesh_kit::crypto::Sealer;
 use shopmesh_kit::shutdown::every;
@@ -57,7 +57,7 @@ impl Service for Auth {
         Ok(render(&shopmesh_host::section::<AuthConfig>(section)?))
     }
 
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
         let config: AuthConfig = context.config()?;
         let (store, keys) = open(&context, &config).await?;
         let reloading = keys.clone();
@@ -103,7 +103,9 @@ impl Service for Auth {
             config.access_ttl,
             config.refresh_ttl,
         );
-        Ok(tonic::service::Routes::new(AuthServiceServer::new(handler)))
+        Ok(Serve::Grpc(tonic::service::Routes::new(
+            AuthServiceServer::new(handler),
+        )))
     }
 }
 

@@ -25,7 +25,9 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{AdminConfig, PlatformConfig, TokenConfig};
 pub use launch::{launch, service_main};
-pub use service::{Migrations, Mode, Peers, Service, ServiceContext, Store, section};
+pub use service::{
+    Migrations, Mode, Peers, Protocol, Serve, Service, ServiceContext, Store, section,
+};
 
 /// A hosted component's line of the start-up banner: name and URL.
 fn announce(component: &str, url: &str) {
@@ -82,10 +84,14 @@ pub async fn run(
         .context("cannot open the event bus")?;
     readiness.set("events", true);
 
-    // Bind every listener before starting any service, so each knows where its peers are.
+    // Bind every gRPC listener before starting any service, so each knows where its peers are.
     let mut listeners = Vec::with_capacity(services.len());
     let mut addresses = config.peers.clone();
     for service in services {
+        if service.protocol() != Protocol::Grpc {
+            listeners.push(None);
+            continue;
+        }
         let address = config
             .listen
             .get(service.name())
@@ -96,18 +102,10 @@ pub async fn run(
             service.name().to_owned(),
             format!("http://{}", listener.local_addr()?),
         );
-        listeners.push(listener);
+        listeners.push(Some(listener));
     }
     let peers = Peers::new(addresses);
-    // Every server checks tokens itself, with auth's keys and role table.
-    let auth = AuthPeer::new(peers.channel("auth").map_err(|_| {
-        anyhow::anyhow!("peers.auth is required: services verify access tokens with auth's keys")
-    })?);
-    let authority = Authority::new(
-        Verifier::new(Arc::new(auth.clone()), config.tokens.policy()),
-        Arc::new(auth),
-    )
-    .with_trusted_peers(config.trusted_peers.clone());
+    let authority = authority(&config, &peers)?;
 
     let tasks = TaskTracker::new();
     for (service, listener) in services.iter().zip(listeners) {
@@ -121,22 +119,30 @@ pub async fn run(
             events: events.clone(),
             peers: peers.clone(),
             tokens: config.tokens.policy(),
+            authority: authority.clone(),
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
         };
-        let routes = service
+        let serve = service
             .start(context)
             .await
             .with_context(|| format!("{name} failed to start"))?;
-        let address = listener.local_addr()?;
-        let (access, shutdown) = (AccessLayer::new(authority.clone()), shutdown.clone());
-        servers.spawn(async move {
-            grpc::serve(name, routes, listener, access, shutdown)
-                .await
-                .with_context(|| format!("{name} server failed"))
-        });
+        let url = match (serve, listener) {
+            (Serve::Grpc(routes), Some(listener)) => {
+                let address = listener.local_addr()?;
+                let (access, shutdown) = (AccessLayer::new(authority.clone()), shutdown.clone());
+                servers.spawn(async move {
+                    grpc::serve(name, routes, listener, access, shutdown)
+                        .await
+                        .with_context(|| format!("{name} server failed"))
+                });
+                format!("grpc://{address}")
+            }
+            (Serve::Own { url }, None) => url,
+            _ => anyhow::bail!("{name} served another protocol than it declared"),
+        };
         readiness.set(name, true);
-        announce(name, &format!("grpc://{address}"));
+        announce(name, &url);
     }
     println!(
         "shopmesh is ready in {} ms (Ctrl-C stops)",
@@ -197,6 +203,12 @@ pub async fn tool_context(
         .connect(&config.data_dir)
         .await
         .context("cannot open the event bus")?;
+    // A tool talks to no peer; auth's address is only needed by the (unused) token checks.
+    let mut addresses = config.peers.clone();
+    addresses
+        .entry("auth".to_owned())
+        .or_insert_with(|| "http://127.0.0.1:9".to_owned());
+    let peers = Peers::new(addresses);
     Ok(ServiceContext {
         name: service.name(),
         mode,
@@ -204,11 +216,24 @@ pub async fn tool_context(
         data_dir: config.data_dir.clone(),
         storage: config.storage.clone(),
         events,
-        peers: Peers::new(config.peers.clone()),
+        peers: peers.clone(),
         tokens: config.tokens.policy(),
+        authority: authority(&config, &peers)?,
         shutdown: Shutdown::new(),
         tasks: TaskTracker::new(),
     })
+}
+
+/// Token verification with auth's keys and role table, for every server of the process.
+fn authority(config: &PlatformConfig, peers: &Peers) -> anyhow::Result<Authority> {
+    let auth = AuthPeer::new(peers.channel("auth").map_err(|_| {
+        anyhow::anyhow!("peers.auth is required: services verify access tokens with auth's keys")
+    })?);
+    Ok(Authority::new(
+        Verifier::new(Arc::new(auth.clone()), config.tokens.policy()),
+        Arc::new(auth),
+    )
+    .with_trusted_peers(config.trusted_peers.clone()))
 }
 
 fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

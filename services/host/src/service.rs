@@ -10,6 +10,7 @@ use figment::Figment;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shopmesh_events::EventBus;
+use shopmesh_kit::access::Authority;
 use shopmesh_kit::crypto::MasterKey;
 use shopmesh_kit::grpc::{self, PeerChannel};
 use shopmesh_kit::token::Policy;
@@ -32,9 +33,32 @@ pub trait Service: Send + Sync + 'static {
     /// redacted, for `--check-config`.
     fn check_config(&self, section: &Figment) -> Result<String, ConfigError>;
 
-    /// Opens what the service needs and returns its routes. Long-running work (consumers,
-    /// relays) goes to [`ServiceContext::spawn`], which the host drains at shutdown.
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes>;
+    /// What the host serves for it: gRPC (the default) on a listener the host binds, or the
+    /// service's own protocol (the edge's HTTP), which it serves itself.
+    fn protocol(&self) -> Protocol {
+        Protocol::Grpc
+    }
+
+    /// Opens what the service needs and says what to serve. Long-running work (consumers,
+    /// relays, an own server) goes to [`ServiceContext::spawn`], which the host drains at
+    /// shutdown.
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve>;
+}
+
+/// See [`Service::protocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Own,
+}
+
+/// What a started service serves.
+pub enum Serve {
+    /// The host serves these routes on the service's listener, with health and access control.
+    Grpc(tonic::service::Routes),
+    /// The service serves its own protocol through [`ServiceContext::spawn`]; the host announces
+    /// `url`.
+    Own { url: String },
 }
 
 /// Extracts and validates a typed section, as [`Service::check_config`] and services use it.
@@ -66,6 +90,9 @@ pub struct ServiceContext {
     pub peers: Peers,
     /// The `iss`, `aud` and leeway of access tokens.
     pub tokens: Policy,
+    /// Turns access tokens into callers (auth's keys and role table), for a service that checks
+    /// tokens itself outside the gRPC access layer (the edge).
+    pub authority: Authority,
     pub shutdown: Shutdown,
     pub(crate) tasks: TaskTracker,
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use figment::Figment;
 use shopmesh_events::outbox::{Relay, SqliteOutbox};
-use shopmesh_host::{Mode, Service, ServiceContext, Store};
+use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
 use shopmesh_kit::clock::now_ms;
 use shopmesh_kit::shutdown::every;
 use shopmesh_kit::{ConfigError, config::render};
@@ -46,14 +46,14 @@ impl Service for Users {
         Ok(render(&shopmesh_host::section::<UsersConfig>(section)?))
     }
 
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<tonic::service::Routes> {
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
         let config: UsersConfig = context.config()?;
         let handler = Arc::new(open(&context, &config).await?);
         if context.mode == Mode::Embedded {
             ensure_first_admin(&handler, &config.first_admin_email).await?;
         }
-        Ok(tonic::service::Routes::new(UserServiceServer::from_arc(
-            handler,
+        Ok(Serve::Grpc(tonic::service::Routes::new(
+            UserServiceServer::from_arc(handler),
         )))
     }
 }

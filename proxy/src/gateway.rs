@@ -1,0 +1,387 @@
+//! The Pingora side of the edge: one `ProxyHttp` whose phases do, in order, what every request
+//! needs. REST routes are answered from `request_filter` (the edge is their gRPC client); gRPC
+//! requests pass through to the owning service over h2.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderValue, Method, header};
+use pingora::http::ResponseHeader;
+use pingora::protocols::ALPN;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use shopmesh_kit::RequestContext;
+use shopmesh_kit::access::Authority;
+use shopmesh_kit::error::http_status;
+use shopmesh_proto::validate::{invalid_argument, validate};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::routes::{Miss, Route, Router};
+use crate::transcode::{request_message, response_json, status_json};
+use crate::upstream::Upstreams;
+
+/// What the gateway needs, built once at start.
+pub struct Gateway {
+    pub router: Router,
+    pub upstreams: Upstreams,
+    /// gRPC passthrough targets: service name → address.
+    pub grpc_targets: HashMap<String, SocketAddr>,
+    pub authority: Authority,
+    pub max_body_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Per-request state, for the access log and the passthrough target.
+#[derive(Debug, Default)]
+pub struct RequestState {
+    started: Option<Instant>,
+    route: Option<String>,
+    target: Option<SocketAddr>,
+    request_id: String,
+}
+
+/// An answer the edge writes itself.
+struct Reply {
+    status: u16,
+    headers: Vec<(header::HeaderName, String)>,
+    body: Bytes,
+}
+
+impl Reply {
+    fn json(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            headers: vec![(header::CONTENT_TYPE, "application/json".into())],
+            body: body.into(),
+        }
+    }
+
+    /// A failure as a `google.rpc.Status` body with the HTTP status grpc-gateway uses.
+    fn status(status: &Status) -> Self {
+        let mut reply = Self::json(http_status(status.code()), status_json(status));
+        if let Some(delay) = status
+            .get_error_details()
+            .retry_info()
+            .and_then(|info| info.retry_delay)
+        {
+            let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+            reply
+                .headers
+                .push((header::RETRY_AFTER, seconds.max(1).to_string()));
+        }
+        reply
+    }
+}
+
+impl Gateway {
+    /// Serves a REST request: route, access, body, transcoding, validation, the call.
+    async fn rest(&self, session: &mut Session, state: &mut RequestState) -> Reply {
+        let context = request_context(session, self.timeout);
+        state.request_id = context.request_id.clone();
+        let request = session.req_header();
+        let (method, path) = (request.method.clone(), request.uri.path().to_owned());
+        let query = request.uri.query().map(str::to_owned);
+        if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
+            return Reply::json(200, br#"{"status":"ok"}"#.to_vec());
+        }
+        let (route, bindings) = match self.router.find(&method, &path) {
+            Ok(found) => found,
+            Err(Miss::NotFound) => {
+                return Reply::status(&Status::not_found(format!("no route for {path}")));
+            }
+            Err(Miss::MethodNotAllowed(allowed)) => {
+                let mut reply = Reply::status(&Status::unimplemented(format!(
+                    "{method} is not allowed on {path}"
+                )));
+                reply.status = 405;
+                let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+                reply.headers.push((header::ALLOW, allowed.join(", ")));
+                return reply;
+            }
+        };
+        state.route = Some(route.template.to_string());
+        // Access first: a caller without the right gets 401/403 before its body is read.
+        let authorization = session.get_header(header::AUTHORIZATION).cloned();
+        if let Err(error) = self
+            .authority
+            .admit(&route.grpc_path, None, authorization.as_ref())
+            .await
+        {
+            return Reply::status(&error.into());
+        }
+        let body = match read_body(session, self.max_body_bytes).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let message = match request_message(route, &bindings, query.as_deref(), &body) {
+            Ok(message) => message,
+            Err(violations) => return Reply::status(&invalid_argument(&violations)),
+        };
+        if let Err(violations) = validate(&message) {
+            return Reply::status(&invalid_argument(&violations));
+        }
+        let metadata = forwarded_metadata(session, authorization.as_ref());
+        let call = context.scope(self.upstreams.call(route, message, metadata));
+        match call.await {
+            Ok(response) => {
+                let mut reply = Reply::json(route.success_status, response_json(route, &response));
+                if authorization.is_some() {
+                    reply
+                        .headers
+                        .push((header::CACHE_CONTROL, "no-store".into()));
+                }
+                reply
+            }
+            Err(status) => Reply::status(&upstream_failure(route, status)),
+        }
+    }
+
+    /// Checks a gRPC request's method and access, and picks its service; `Err` is the refusal.
+    async fn grpc(&self, session: &Session, state: &mut RequestState) -> Result<(), Status> {
+        let path = session.req_header().uri.path().to_owned();
+        let service = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .and_then(|(service, _)| service.rsplit_once('.'))
+            .and_then(|(package, _)| crate::routes::owner(package))
+            .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
+        let target = self
+            .grpc_targets
+            .get(service)
+            .copied()
+            .ok_or_else(|| Status::unimplemented(format!("unknown service {service}")))?;
+        let authorization = session.get_header(header::AUTHORIZATION).cloned();
+        self.authority
+            .admit(&path, None, authorization.as_ref())
+            .await?;
+        state.route = Some(path);
+        state.target = Some(target);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestState;
+
+    fn new_ctx(&self) -> RequestState {
+        RequestState::default()
+    }
+
+    /// Everything happens here: REST answers are the edge's own (it is the services' gRPC
+    /// client), and gRPC requests are checked before they are passed on.
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        state: &mut RequestState,
+    ) -> pingora::Result<bool> {
+        state.started = Some(Instant::now());
+        let is_grpc = session
+            .get_header(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        if is_grpc {
+            return match self.grpc(session, state).await {
+                Ok(()) => Ok(false),
+                Err(status) => {
+                    write_grpc_status(session, &status).await?;
+                    Ok(true)
+                }
+            };
+        }
+        let reply = self.rest(session, state).await;
+        write_reply(session, reply, &state.request_id).await?;
+        Ok(true)
+    }
+
+    /// Only gRPC requests get here: h2 to the owning service, many streams per connection.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        state: &mut RequestState,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let target = state.target.ok_or_else(|| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")
+        })?;
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.options.alpn = ALPN::H2;
+        peer.options.max_h2_streams = 128;
+        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        Ok(Box::new(peer))
+    }
+
+    /// Headers every proxied answer carries.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        _state: &mut RequestState,
+    ) -> pingora::Result<()> {
+        response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+        Ok(())
+    }
+
+    /// The access log and the per-route metrics, once per request however it ended.
+    async fn logging(
+        &self,
+        session: &mut Session,
+        error: Option<&pingora::Error>,
+        state: &mut RequestState,
+    ) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        let elapsed = state.started.map_or(Duration::ZERO, |at| at.elapsed());
+        let route = state.route.clone().unwrap_or_else(|| "unrouted".into());
+        metrics::counter!("shopmesh_edge_requests_total", "route" => route.clone(), "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("shopmesh_edge_request_duration_seconds", "route" => route.clone())
+            .record(elapsed.as_secs_f64());
+        let request = session.req_header();
+        tracing::info!(
+            method = %request.method,
+            path = request.uri.path(),
+            route,
+            status,
+            elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = state.request_id,
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+/// Reads the body, refusing it with `413` beyond `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply> {
+    let declared = session
+        .get_header(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        let mut reply = Reply::status(&Status::invalid_argument(format!(
+            "the body is larger than {limit} bytes"
+        )));
+        reply.status = 413;
+        reply
+    };
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(Reply::status(&Status::invalid_argument(
+                    "the request body could not be read",
+                )));
+            }
+        }
+    }
+}
+
+/// The caller's request id and trace position, and the edge's deadline for the call.
+fn request_context(session: &Session, timeout: Duration) -> RequestContext {
+    let mut context = RequestContext::from_headers(&session.req_header().headers);
+    let deadline = Instant::now() + timeout;
+    context.deadline = Some(context.deadline.map_or(deadline, |d| d.min(deadline)));
+    context
+}
+
+/// What the service learns about the caller: its token, language and address.
+fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    if let Some(value) = authorization.and_then(|v| MetadataValue::try_from(v.as_bytes()).ok()) {
+        metadata.insert("authorization", value);
+    }
+    if let Some(value) = session
+        .get_header(header::ACCEPT_LANGUAGE)
+        .and_then(|v| MetadataValue::try_from(v.as_bytes()).ok())
+    {
+        metadata.insert("accept-language", value);
+    }
+    if let Some(ip) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        && let Ok(value) = MetadataValue::try_from(ip.to_string())
+    {
+        metadata.insert("x-forwarded-for", value);
+    }
+    metadata
+}
+
+/// A failed call as the client should see it: the service's own status, or 503/504 when the
+/// service could not be reached in time.
+fn upstream_failure(route: &Route, status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::Unknown if status.get_error_details().error_info().is_none() => {
+            tracing::warn!(service = route.service, error = %status.message(), "upstream unavailable");
+            Status::unavailable(format!("{} is unavailable, try again", route.service))
+        }
+        Code::Cancelled | Code::DeadlineExceeded
+            if status.get_error_details().error_info().is_none() =>
+        {
+            Status::deadline_exceeded(format!("{} did not answer in time", route.service))
+        }
+        _ => status,
+    }
+}
+
+async fn write_reply(session: &mut Session, reply: Reply, request_id: &str) -> pingora::Result<()> {
+    let mut response = ResponseHeader::build(reply.status, Some(8))?;
+    for (name, value) in reply.headers {
+        response.insert_header(name, value)?;
+    }
+    response.insert_header(header::CONTENT_LENGTH, reply.body.len().to_string())?;
+    response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+    response.insert_header(header::REFERRER_POLICY, "no-referrer")?;
+    if !request_id.is_empty() {
+        response.insert_header("x-request-id", request_id)?;
+    }
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(reply.body), true).await
+}
+
+/// A trailers-only gRPC answer carrying `status`.
+async fn write_grpc_status(session: &mut Session, status: &Status) -> pingora::Result<()> {
+    let mut response = ResponseHeader::build(200, Some(4))?;
+    response.insert_header(header::CONTENT_TYPE, "application/grpc")?;
+    response.insert_header("grpc-status", (status.code() as i32).to_string())?;
+    response.insert_header("grpc-message", status.message().replace(['\r', '\n'], " "))?;
+    session
+        .write_response_header(Box::new(response), true)
+        .await?;
+    session.write_response_body(None, true).await
+}
+
+/// Builds the gateway's Pingora service, listening on `listen` (h1, and h2 with prior knowledge
+/// for gRPC clients).
+pub fn service(
+    gateway: Gateway,
+    listen: SocketAddr,
+) -> pingora::services::listening::Service<pingora::proxy::HttpProxy<Gateway>> {
+    let conf = Arc::new(pingora::server::configuration::ServerConf::default());
+    let mut service = pingora::proxy::http_proxy_service(&conf, gateway);
+    service.add_tcp(&listen.to_string());
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    if let Some(app) = service.app_logic_mut() {
+        app.server_options = Some(options);
+    }
+    service
+}

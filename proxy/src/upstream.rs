@@ -1,0 +1,104 @@
+//! Calling a service's method with a message known only by its descriptor: a tonic client with
+//! a codec of dynamic messages, over the platform's peer channels (which carry the request id,
+//! `traceparent` and deadline).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use bytes::Buf;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use shopmesh_kit::grpc::PeerChannel;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+use crate::routes::Route;
+
+/// Encodes and decodes dynamic messages; decodes as `output`.
+#[derive(Debug, Clone)]
+pub struct DynamicCodec {
+    output: MessageDescriptor,
+}
+
+impl Codec for DynamicCodec {
+    type Encode = DynamicMessage;
+    type Decode = DynamicMessage;
+    type Encoder = DynamicEncoder;
+    type Decoder = DynamicDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        DynamicDecoder(self.output.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct DynamicEncoder;
+
+impl Encoder for DynamicEncoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the request: {e}")))
+    }
+}
+
+#[derive(Debug)]
+pub struct DynamicDecoder(MessageDescriptor);
+
+impl Decoder for DynamicDecoder {
+    type Item = DynamicMessage;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        DynamicMessage::decode(self.0.clone(), bytes)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("decoding the response: {e}")))
+    }
+}
+
+/// A channel per service the edge routes to.
+#[derive(Debug, Clone, Default)]
+pub struct Upstreams(HashMap<String, PeerChannel>);
+
+impl Upstreams {
+    pub fn new(channels: HashMap<String, PeerChannel>) -> Self {
+        Self(channels)
+    }
+
+    /// Calls `route`'s method with `message` and the forwarded `metadata`.
+    pub async fn call(
+        &self,
+        route: &Route,
+        message: DynamicMessage,
+        metadata: MetadataMap,
+    ) -> Result<DynamicMessage, Status> {
+        let channel = self.0.get(&route.service).cloned().ok_or_else(|| {
+            Status::new(
+                Code::Unavailable,
+                format!("no upstream for service {}", route.service),
+            )
+        })?;
+        let mut client = tonic::client::Grpc::new(channel);
+        client
+            .ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("{} is unavailable: {e}", route.service)))?;
+        let path = http::uri::PathAndQuery::from_str(&route.grpc_path)
+            .map_err(|e| Status::internal(format!("bad method path: {e}")))?;
+        let mut request = tonic::Request::new(message);
+        *request.metadata_mut() = metadata;
+        let codec = DynamicCodec {
+            output: route.method.output(),
+        };
+        Ok(client.unary(request, path, codec).await?.into_inner())
+    }
+}

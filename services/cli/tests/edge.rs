@@ -1,0 +1,208 @@
+//! The edge end to end through `shopmesh up`: REST clients on the routes the protos declare, the
+//! refusals a front door owes them, and gRPC clients passing through.
+
+mod support;
+
+use shopmesh_kit::Error;
+use shopmesh_proto::shopmesh::users::v1::user_service_client::UserServiceClient;
+use shopmesh_proto::shopmesh::users::v1::{CreateUserRequest, VerifyCredentialsRequest};
+use support::{Answer, PASSWORD, embedded, http};
+use tonic::Code;
+
+fn json_body(value: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// The `google.rpc.Status` reason of an error answer.
+fn reason(answer: &Answer) -> String {
+    answer.json()["details"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn violated_fields(answer: &Answer) -> Vec<String> {
+    let body = answer.json();
+    let mut fields: Vec<String> = body["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|detail| detail["field_violations"].as_array())
+        .flatten()
+        .filter_map(|v| v["field"].as_str().map(str::to_owned))
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[tokio::test]
+async fn identity_over_rest() {
+    let (platform, _dir) = embedded().await;
+    let edge = platform.edge.clone();
+    let register = json_body(serde_json::json!({
+        "email": "ada@example.com", "password": PASSWORD, "display_name": "Ada"
+    }));
+    let created = http(&edge, "POST", "/v1/users", &[], &register).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["roles"], serde_json::json!(["customer"]));
+    assert!(created.json().get("password_hash").is_none());
+    assert_eq!(created.header("x-content-type-options"), Some("nosniff"));
+    let again = http(&edge, "POST", "/v1/users", &[], &register).await;
+    assert_eq!(
+        (again.status, reason(&again).as_str()),
+        (409, "EMAIL_TAKEN")
+    );
+
+    let login = http(
+        &edge,
+        "POST",
+        "/v1/auth/login",
+        &[],
+        &json_body(serde_json::json!({"email": "ada@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(login.status, 200);
+    let token = login.json()["access_token"].as_str().unwrap().to_owned();
+    let authorization = format!("Bearer {token}");
+
+    let anonymous = http(&edge, "GET", "/v1/users/me", &[], b"").await;
+    assert_eq!(
+        (anonymous.status, reason(&anonymous).as_str()),
+        (401, "TOKEN_MISSING")
+    );
+    let me = http(
+        &edge,
+        "GET",
+        "/v1/users/me",
+        &[("authorization", &authorization)],
+        b"",
+    )
+    .await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["email"], "ada@example.com");
+    assert_eq!(me.header("cache-control"), Some("no-store"));
+
+    let renamed = http(
+        &edge,
+        "PATCH",
+        "/v1/users/me",
+        &[("authorization", &authorization)],
+        &json_body(serde_json::json!({"displayName": "Ada Lovelace"})),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    assert_eq!(renamed.json()["display_name"], "Ada Lovelace");
+
+    let forbidden = http(
+        &edge,
+        "GET",
+        "/v1/users",
+        &[("authorization", &authorization)],
+        b"",
+    )
+    .await;
+    assert_eq!(forbidden.status, 403);
+    let jwks = http(&edge, "GET", "/.well-known/jwks.json", &[], b"").await;
+    assert_eq!(jwks.status, 200);
+    assert_eq!(jwks.json()["keys"][0]["kty"], "OKP");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_refusals() {
+    let (platform, _dir) = embedded().await;
+    let edge = platform.edge.clone();
+    let malformed = http(&edge, "POST", "/v1/users", &[], br#"{"email": "#).await;
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    let wrong_type = http(
+        &edge,
+        "POST",
+        "/v1/auth/login",
+        &[],
+        br#"{"email": "a@b.io", "password": 12345678901}"#,
+    )
+    .await;
+    assert_eq!(
+        (wrong_type.status, violated_fields(&wrong_type)),
+        (400, vec!["password".to_owned()])
+    );
+    let missing = http(
+        &edge,
+        "POST",
+        "/v1/users",
+        &[],
+        &json_body(serde_json::json!({"email": "bo@example.com", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(
+        (missing.status, violated_fields(&missing)),
+        (400, vec!["display_name".to_owned()])
+    );
+
+    let huge = vec![b' '; 12 * 1024 * 1024];
+    let too_large = http(&edge, "POST", "/v1/users", &[], &huge).await;
+    assert_eq!(too_large.status, 413);
+    let unknown = http(&edge, "GET", "/v1/nothing-here", &[], b"").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.header("x-content-type-options"), Some("nosniff"));
+    let wrong_method = http(&edge, "DELETE", "/v1/users/me", &[], b"").await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("GET, PATCH"));
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_get_429_with_retry_after() {
+    let (platform, _dir) = embedded().await;
+    let edge = platform.edge.clone();
+    let wrong =
+        json_body(serde_json::json!({"email": "cy@example.com", "password": "not the password"}));
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let answer = http(&edge, "POST", "/v1/auth/login", &[], &wrong).await;
+        if answer.status == 429 {
+            assert!(
+                answer
+                    .header("retry-after")
+                    .is_some_and(|s| s.parse::<u64>().unwrap() >= 1)
+            );
+        }
+        statuses.push(answer.status);
+    }
+    assert!(statuses.iter().all(|s| *s < 500), "{statuses:?}");
+    assert_eq!(&statuses[..5], [401; 5]);
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_clients_pass_through_the_edge_but_not_to_internal_methods() {
+    let (platform, _dir) = embedded().await;
+    let channel = tonic::transport::Channel::from_shared(platform.edge.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut users = UserServiceClient::new(channel);
+    let created = users
+        .create_user(CreateUserRequest {
+            email: "dee@example.com".into(),
+            password: PASSWORD.into(),
+            display_name: "Dee".into(),
+            locale: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.email, "dee@example.com");
+    let internal = users
+        .verify_credentials(VerifyCredentialsRequest {
+            email: "dee@example.com".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .map_err(Error::from)
+        .unwrap_err();
+    assert_eq!(internal.kind().code(), Code::PermissionDenied, "{internal}");
+    platform.stop().await;
+}
