@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use shopmesh_kit::{ConfigError, Validate};
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+use crate::limits::LimitsConfig;
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EdgeConfig {
     /// Where clients connect: HTTP/1.1, and HTTP/2 with prior knowledge (gRPC clients). Port 0
@@ -17,6 +19,7 @@ pub struct EdgeConfig {
     /// How long a request may wait for its service.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub limits: LimitsConfig,
 }
 
 impl Default for EdgeConfig {
@@ -25,6 +28,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             timeout: Duration::from_secs(15),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -40,6 +44,7 @@ impl Validate for EdgeConfig {
         if self.timeout.is_zero() {
             return Err(ConfigError::invalid("timeout", "must be positive"));
         }
+        self.limits.validate()?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! requests pass through to the owning service over h2.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
 use crate::transcode::{request_message, response_json, status_json};
 use crate::upstream::Upstreams;
@@ -33,6 +34,7 @@ pub struct Gateway {
     /// gRPC passthrough targets: service name → address.
     pub grpc_targets: HashMap<String, SocketAddr>,
     pub authority: Authority,
+    pub limiter: Limiter,
     pub max_body_bytes: usize,
     pub timeout: Duration,
 }
@@ -106,14 +108,25 @@ impl Gateway {
             }
         };
         state.route = Some(route.template.to_string());
-        // Access first: a caller without the right gets 401/403 before its body is read.
+        // Limits per address first (cheap), then access: a caller without the right gets
+        // 401/403 before its body is read; then limits per user.
+        if let Err(reply) = self.limit(route.rate_class, client_ip(session).map(Key::Ip)) {
+            return reply;
+        }
         let authorization = session.get_header(header::AUTHORIZATION).cloned();
-        if let Err(error) = self
+        let caller = match self
             .authority
             .admit(&route.grpc_path, None, authorization.as_ref())
             .await
         {
-            return Reply::status(&error.into());
+            Ok(caller) => caller,
+            Err(error) => return Reply::status(&error.into()),
+        };
+        if let Err(reply) = self.limit(
+            route.rate_class,
+            caller.map(|caller| Key::User(caller.user_id)),
+        ) {
+            return reply;
         }
         let body = match read_body(session, self.max_body_bytes).await {
             Ok(body) => body,
@@ -142,6 +155,23 @@ impl Gateway {
         }
     }
 
+    /// Counts a request against `key`'s limit; `Err` is the `429`.
+    fn limit(&self, class: i32, key: Option<Key>) -> Result<(), Reply> {
+        let Some(key) = key else {
+            return Ok(());
+        };
+        self.limiter.check(class, key).map_err(|wait| {
+            Reply::status(
+                &shopmesh_kit::Error::resource_exhausted(
+                    "RATE_LIMITED",
+                    "too many requests; retry later",
+                )
+                .with_retry_after(wait)
+                .into(),
+            )
+        })
+    }
+
     /// Checks a gRPC request's method and access, and picks its service; `Err` is the refusal.
     async fn grpc(&self, session: &Session, state: &mut RequestState) -> Result<(), Status> {
         let path = session.req_header().uri.path().to_owned();
@@ -156,6 +186,11 @@ impl Gateway {
             .get(service)
             .copied()
             .ok_or_else(|| Status::unimplemented(format!("unknown service {service}")))?;
+        if let Some(ip) = client_ip(session) {
+            self.limiter
+                .check(0, Key::Ip(ip))
+                .map_err(|_| Status::resource_exhausted("too many requests; retry later"))?;
+        }
         let authorization = session.get_header(header::AUTHORIZATION).cloned();
         self.authority
             .admit(&path, None, authorization.as_ref())
@@ -321,6 +356,10 @@ fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) ->
         metadata.insert("x-forwarded-for", value);
     }
     metadata
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
 }
 
 /// A failed call as the client should see it: the service's own status, or 503/504 when the

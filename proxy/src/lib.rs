@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod limits;
 pub mod routes;
 pub mod template;
 pub mod transcode;
@@ -27,6 +28,7 @@ use shopmesh_proto::validate::descriptors;
 pub use config::EdgeConfig;
 
 use crate::gateway::Gateway;
+use crate::limits::Limiter;
 use crate::routes::Router;
 use crate::upstream::Upstreams;
 
@@ -69,6 +71,7 @@ impl Service for Edge {
             upstreams: Upstreams::new(channels),
             grpc_targets,
             authority: context.authority.clone(),
+            limiter: Limiter::new(config.limits.clone()),
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
         };

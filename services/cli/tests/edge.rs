@@ -206,3 +206,27 @@ async fn grpc_clients_pass_through_the_edge_but_not_to_internal_methods() {
     assert_eq!(internal.kind().code(), Code::PermissionDenied, "{internal}");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_flood_from_one_client_is_limited_without_errors() {
+    let (platform, _dir) = embedded().await;
+    platform.register("eve@example.com").await.unwrap();
+    let login = json_body(serde_json::json!({"email": "eve@example.com", "password": PASSWORD}));
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..600 {
+        let answer = http(&platform.edge, "POST", "/v1/auth/login", &[], &login).await;
+        match answer.status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(reason(&answer), "RATE_LIMITED");
+                assert!(answer.header("retry-after").is_some(), "{answer:?}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {answer:?}"),
+        }
+    }
+    assert!(ok >= 20, "the burst passes ({ok})");
+    assert!(limited >= 500, "the flood is limited ({limited})");
+    platform.stop().await;
+}
