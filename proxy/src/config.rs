@@ -20,6 +20,28 @@ pub struct EdgeConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub limits: LimitsConfig,
+    pub cors: CorsConfig,
+}
+
+/// Cross-origin access for browser clients: only the listed origins, never a wildcard (answers
+/// may carry credentials).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins, e.g. `https://shop.example.com`.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_age: Duration::from_secs(600),
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -29,6 +51,7 @@ impl Default for EdgeConfig {
             max_body_bytes: 1024 * 1024,
             timeout: Duration::from_secs(15),
             limits: LimitsConfig::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -45,6 +68,17 @@ impl Validate for EdgeConfig {
             return Err(ConfigError::invalid("timeout", "must be positive"));
         }
         self.limits.validate()?;
+        if let Some(bad) = self
+            .cors
+            .allowed_origins
+            .iter()
+            .find(|o| *o == "*" || !(o.starts_with("https://") || o.starts_with("http://")))
+        {
+            return Err(ConfigError::invalid(
+                "cors.allowed_origins",
+                format!("`{bad}` is not an origin like https://shop.example.com (no wildcards)"),
+            ));
+        }
         Ok(())
     }
 }

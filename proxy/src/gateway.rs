@@ -22,6 +22,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+use crate::config::CorsConfig;
 use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
 use crate::transcode::{request_message, response_json, status_json};
@@ -35,6 +36,7 @@ pub struct Gateway {
     pub grpc_targets: HashMap<String, SocketAddr>,
     pub authority: Authority,
     pub limiter: Limiter,
+    pub cors: CorsConfig,
     pub max_body_bytes: usize,
     pub timeout: Duration,
 }
@@ -91,6 +93,9 @@ impl Gateway {
         let query = request.uri.query().map(str::to_owned);
         if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
             return Reply::json(200, br#"{"status":"ok"}"#.to_vec());
+        }
+        if method == Method::OPTIONS {
+            return self.preflight(session, &path);
         }
         let (route, bindings) = match self.router.find(&method, &path) {
             Ok(found) => found,
@@ -153,6 +158,61 @@ impl Gateway {
             }
             Err(status) => Reply::status(&upstream_failure(route, status)),
         }
+    }
+
+    /// Answers a CORS preflight: allowed only for a listed origin and an existing route.
+    fn preflight(&self, session: &Session, path: &str) -> Reply {
+        let origin = self.allowed_origin(session);
+        let requested = session
+            .get_header(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|v| Method::from_bytes(v.as_bytes()).ok());
+        let allowed = match (origin, requested) {
+            (Some(origin), Some(requested)) => {
+                let methods = match self.router.find(&requested, path) {
+                    Ok(_) => vec![requested],
+                    Err(Miss::MethodNotAllowed(methods)) => methods,
+                    Err(Miss::NotFound) => Vec::new(),
+                };
+                (!methods.is_empty()).then_some((origin, methods))
+            }
+            _ => None,
+        };
+        let Some((origin, methods)) = allowed else {
+            let mut reply = Reply::status(&Status::permission_denied(
+                "cross-origin requests from this origin are not allowed",
+            ));
+            reply.status = 403;
+            return reply;
+        };
+        let methods: Vec<&str> = methods.iter().map(Method::as_str).collect();
+        Reply {
+            status: 204,
+            headers: vec![
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (header::ACCESS_CONTROL_ALLOW_METHODS, methods.join(", ")),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    "authorization, content-type, idempotency-key, x-request-id".into(),
+                ),
+                (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into()),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    self.cors.max_age.as_secs().to_string(),
+                ),
+                (header::VARY, "Origin".into()),
+            ],
+            body: Bytes::new(),
+        }
+    }
+
+    /// The request's `Origin`, if it is on the allow-list.
+    fn allowed_origin(&self, session: &Session) -> Option<String> {
+        let origin = session.get_header(header::ORIGIN)?.to_str().ok()?;
+        self.cors
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+            .then(|| origin.to_owned())
     }
 
     /// Counts a request against `key`'s limit; `Err` is the `429`.
@@ -230,7 +290,20 @@ impl ProxyHttp for Gateway {
                 }
             };
         }
-        let reply = self.rest(session, state).await;
+        let mut reply = self.rest(session, state).await;
+        if let Some(origin) = self.allowed_origin(session)
+            && reply.status != 204
+        {
+            reply.headers.extend([
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into()),
+                (
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    "retry-after, x-request-id".into(),
+                ),
+                (header::VARY, "Origin".into()),
+            ]);
+        }
         write_reply(session, reply, &state.request_id).await?;
         Ok(true)
     }
@@ -359,7 +432,10 @@ fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) ->
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// A failed call as the client should see it: the service's own status, or 503/504 when the

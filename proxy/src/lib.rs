@@ -72,6 +72,7 @@ impl Service for Edge {
             grpc_targets,
             authority: context.authority.clone(),
             limiter: Limiter::new(config.limits.clone()),
+            cors: config.cors.clone(),
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
         };

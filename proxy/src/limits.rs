@@ -83,7 +83,10 @@ impl Validate for LimitsConfig {
             }
         }
         if self.max_tracked == 0 {
-            return Err(ConfigError::invalid("limits.max_tracked", "must be positive"));
+            return Err(ConfigError::invalid(
+                "limits.max_tracked",
+                "must be positive",
+            ));
         }
         Ok(())
     }
@@ -173,9 +176,14 @@ mod tests {
             limiter.check(1, ip()).unwrap();
         }
         let wait = limiter.check(1, ip()).unwrap_err();
-        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::from_millis(900) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // Other addresses, users and classes have their own allowance.
-        limiter.check(1, Key::Ip("192.0.2.2".parse().unwrap())).unwrap();
+        limiter
+            .check(1, Key::Ip("192.0.2.2".parse().unwrap()))
+            .unwrap();
         limiter.check(1, Key::User("u-1".into())).unwrap();
         limiter.check(0, ip()).unwrap();
     }
@@ -190,6 +198,10 @@ mod tests {
             let _ = limiter.check(0, Key::Ip(IpAddr::from(n.to_be_bytes())));
         }
         limiter.cells.run_pending_tasks();
-        assert!(limiter.cells.entry_count() <= 100, "{}", limiter.cells.entry_count());
+        assert!(
+            limiter.cells.entry_count() <= 100,
+            "{}",
+            limiter.cells.entry_count()
+        );
     }
 }

@@ -230,3 +230,54 @@ async fn a_login_flood_from_one_client_is_limited_without_errors() {
     assert!(limited >= 500, "the flood is limited ({limited})");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn cross_origin_requests_only_from_listed_origins() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = support::Platform::start(
+        dir.path(),
+        &["services.edge.cors.allowed_origins=[\"https://shop.example.com\"]".to_owned()],
+    )
+    .await;
+    let preflight = |origin: &'static str| {
+        let edge = platform.edge.clone();
+        async move {
+            http(
+                &edge,
+                "OPTIONS",
+                "/v1/users/me",
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "PATCH"),
+                ],
+                b"",
+            )
+            .await
+        }
+    };
+    let listed = preflight("https://shop.example.com").await;
+    assert_eq!(listed.status, 204);
+    assert_eq!(
+        listed.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
+    assert_eq!(listed.header("access-control-allow-methods"), Some("PATCH"));
+    let unlisted = preflight("https://evil.example.net").await;
+    assert_eq!(unlisted.status, 403);
+    assert_eq!(unlisted.header("access-control-allow-origin"), None);
+
+    let jwks = http(
+        &platform.edge,
+        "GET",
+        "/.well-known/jwks.json",
+        &[("origin", "https://shop.example.com")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        jwks.header("access-control-allow-origin"),
+        Some("https://shop.example.com")
+    );
+    assert_eq!(jwks.header("vary"), Some("Origin"));
+    platform.stop().await;
+}
