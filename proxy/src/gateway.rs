@@ -37,6 +37,8 @@ pub struct Gateway {
     pub authority: Authority,
     pub limiter: Limiter,
     pub cors: CorsConfig,
+    /// The OpenAPI document, rendered once.
+    pub openapi: Bytes,
     pub max_body_bytes: usize,
     pub timeout: Duration,
 }
@@ -93,6 +95,13 @@ impl Gateway {
         let query = request.uri.query().map(str::to_owned);
         if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
             return Reply::json(200, br#"{"status":"ok"}"#.to_vec());
+        }
+        if method == Method::GET && path == "/openapi.json" {
+            return Reply {
+                status: 200,
+                headers: vec![(header::CONTENT_TYPE, "application/json".into())],
+                body: self.openapi.clone(),
+            };
         }
         if method == Method::OPTIONS {
             return self.preflight(session, &path);

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod gateway;
 pub mod limits;
+pub mod openapi;
 pub mod routes;
 pub mod template;
 pub mod transcode;
@@ -65,6 +66,7 @@ impl Service for Edge {
             channels.insert(service.clone(), grpc::connect(address)?);
             grpc_targets.insert(service, resolve(address).await?);
         }
+        let openapi = serde_json::to_vec(&openapi::document(&router))?.into();
         let listen = free_port(config.listen)?;
         let gateway = Gateway {
             router,
@@ -73,6 +75,7 @@ impl Service for Edge {
             authority: context.authority.clone(),
             limiter: Limiter::new(config.limits.clone()),
             cors: config.cors.clone(),
+            openapi,
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
         };
@@ -89,6 +92,8 @@ impl Service for Edge {
             // Pingora stops accepting at once; requests in flight get a moment to finish.
             tokio::time::sleep(GRACE).await;
         });
+        // Pingora binds in the background: ready means accepting.
+        listening(listen).await?;
         Ok(Serve::Own {
             url: format!("http://{listen}  (REST and gRPC)"),
         })
@@ -117,6 +122,20 @@ async fn resolve(url: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {url}"))?
         .next()
         .with_context(|| format!("{url} resolves to no address"))
+}
+
+/// Waits until `address` accepts connections.
+async fn listening(address: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("edge: {address} does not accept connections");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// `listen`, with port 0 replaced by a port that is free now. Pingora binds by address and

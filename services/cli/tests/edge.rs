@@ -281,3 +281,28 @@ async fn cross_origin_requests_only_from_listed_origins() {
     assert_eq!(jwks.header("vary"), Some("Origin"));
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_public_route() {
+    let (platform, _dir) = embedded().await;
+    let answer = http(&platform.edge, "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(answer.status, 200);
+    let document = answer.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/v1/users", "post"),
+        ("/v1/auth/login", "post"),
+        ("/v1/auth/refresh", "post"),
+        ("/v1/auth/logout", "post"),
+        ("/.well-known/jwks.json", "get"),
+        ("/v1/products:search", "get"),
+    ] {
+        let operation = &document["paths"][path][method];
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([]),
+            "{method} {path} is public"
+        );
+    }
+    platform.stop().await;
+}
