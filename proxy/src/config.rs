@@ -1,6 +1,7 @@
 //! The `services.edge` section.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,39 @@ pub struct EdgeConfig {
     pub timeout: Duration,
     pub limits: LimitsConfig,
     pub cors: CorsConfig,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate; plain HTTP without.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsConfig {
+    /// Reads both files, so a bad certificate is a clear start-up error (Pingora would panic
+    /// on it later, in its listener).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                ConfigError::invalid("tls.cert", format!("{}: {e}", self.cert.display()))
+            })?;
+        if certs.is_empty() {
+            return Err(ConfigError::invalid(
+                "tls.cert",
+                format!("{} holds no certificate", self.cert.display()),
+            ));
+        }
+        PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| ConfigError::invalid("tls.key", format!("{}: {e}", self.key.display())))?;
+        Ok(())
+    }
 }
 
 /// Cross-origin access for browser clients: only the listed origins, never a wildcard (answers
@@ -52,6 +86,7 @@ impl Default for EdgeConfig {
             timeout: Duration::from_secs(15),
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
+            tls: None,
         }
     }
 }

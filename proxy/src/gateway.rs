@@ -22,11 +22,14 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::config::CorsConfig;
+use crate::config::{CorsConfig, TlsConfig};
 use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
 use crate::transcode::{request_message, response_json, status_json};
 use crate::upstream::Upstreams;
+
+/// Browsers keep to HTTPS for a year once they have seen it.
+const HSTS: &str = "max-age=31536000; includeSubDomains";
 
 /// What the gateway needs, built once at start.
 pub struct Gateway {
@@ -39,6 +42,8 @@ pub struct Gateway {
     pub cors: CorsConfig,
     /// The OpenAPI document, rendered once.
     pub openapi: Bytes,
+    /// Whether clients connect over TLS (then answers carry `Strict-Transport-Security`).
+    pub tls: bool,
     pub max_body_bytes: usize,
     pub timeout: Duration,
 }
@@ -313,6 +318,11 @@ impl ProxyHttp for Gateway {
                 (header::VARY, "Origin".into()),
             ]);
         }
+        if self.tls {
+            reply
+                .headers
+                .push((header::STRICT_TRANSPORT_SECURITY, HSTS.into()));
+        }
         write_reply(session, reply, &state.request_id).await?;
         Ok(true)
     }
@@ -341,6 +351,9 @@ impl ProxyHttp for Gateway {
         _state: &mut RequestState,
     ) -> pingora::Result<()> {
         response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+        if self.tls {
+            response.insert_header(header::STRICT_TRANSPORT_SECURITY, HSTS)?;
+        }
         Ok(())
     }
 
@@ -493,19 +506,32 @@ async fn write_grpc_status(session: &mut Session, status: &Status) -> pingora::R
     session.write_response_body(None, true).await
 }
 
-/// Builds the gateway's Pingora service, listening on `listen` (h1, and h2 with prior knowledge
-/// for gRPC clients).
+/// Builds the gateway's Pingora service on `listen`: with `tls`, HTTPS with HTTP/2 and
+/// HTTP/1.1 by ALPN; without, plain HTTP/1.1 and HTTP/2 with prior knowledge (gRPC clients).
 pub fn service(
     gateway: Gateway,
     listen: SocketAddr,
-) -> pingora::services::listening::Service<pingora::proxy::HttpProxy<Gateway>> {
+    tls: Option<&TlsConfig>,
+) -> pingora::Result<pingora::services::listening::Service<pingora::proxy::HttpProxy<Gateway>>> {
     let conf = Arc::new(pingora::server::configuration::ServerConf::default());
     let mut service = pingora::proxy::http_proxy_service(&conf, gateway);
-    service.add_tcp(&listen.to_string());
-    let mut options = pingora::apps::HttpServerOptions::default();
-    options.h2c = true;
-    if let Some(app) = service.app_logic_mut() {
-        app.server_options = Some(options);
+    match tls {
+        Some(tls) => {
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
+                &tls.cert.to_string_lossy(),
+                &tls.key.to_string_lossy(),
+            )?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&listen.to_string(), None, settings);
+        }
+        None => {
+            service.add_tcp(&listen.to_string());
+            let mut options = pingora::apps::HttpServerOptions::default();
+            options.h2c = true;
+            if let Some(app) = service.app_logic_mut() {
+                app.server_options = Some(options);
+            }
+        }
     }
-    service
+    Ok(service)
 }

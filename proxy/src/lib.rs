@@ -76,10 +76,14 @@ impl Service for Edge {
             limiter: Limiter::new(config.limits.clone()),
             cors: config.cors.clone(),
             openapi,
+            tls: config.tls.is_some(),
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
         };
-        let mut service = gateway::service(gateway, listen);
+        if let Some(tls) = &config.tls {
+            tls.check()?;
+        }
+        let mut service = gateway::service(gateway, listen, config.tls.as_ref())?;
         let shutdown = context.shutdown.clone();
         context.spawn(async move {
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -94,8 +98,13 @@ impl Service for Edge {
         });
         // Pingora binds in the background: ready means accepting.
         listening(listen).await?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Serve::Own {
-            url: format!("http://{listen}  (REST and gRPC)"),
+            url: format!("{scheme}://{listen}  (REST and gRPC)"),
         })
     }
 }
