@@ -127,6 +127,13 @@ impl Gateway {
             }
         };
         state.route = Some(route.template.to_string());
+        if route.method.is_server_streaming()
+            || route.method.input().full_name() == "google.api.HttpBody"
+        {
+            return Reply::status(&Status::unimplemented(
+                "this route is not served over REST yet; use gRPC",
+            ));
+        }
         // Limits per address first (cheap), then access: a caller without the right gets
         // 401/403 before its body is read; then limits per user.
         if let Err(reply) = self.limit(route.rate_class, client_ip(session).map(Key::Ip)) {
@@ -249,6 +256,10 @@ impl Gateway {
     /// Checks a gRPC request's method and access, and picks its service; `Err` is the refusal.
     async fn grpc(&self, session: &Session, state: &mut RequestState) -> Result<(), Status> {
         let path = session.req_header().uri.path().to_owned();
+        // Only methods the protos declare: nothing else reaches a service, or a metric label.
+        if !shopmesh_kit::access::rules().contains_key(&path) {
+            return Err(Status::unimplemented(format!("unknown method {path}")));
+        }
         let service = path
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
@@ -291,10 +302,11 @@ impl ProxyHttp for Gateway {
         state: &mut RequestState,
     ) -> pingora::Result<bool> {
         state.started = Some(Instant::now());
+        // gRPC proper only: gRPC-Web (`application/grpc-web`) is not spoken by the services.
         let is_grpc = session
             .get_header(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+            .is_some_and(|v| v == "application/grpc" || v.starts_with("application/grpc+"));
         if is_grpc {
             return match self.grpc(session, state).await {
                 Ok(()) => Ok(false),

@@ -104,7 +104,7 @@ impl Service for Edge {
             "http"
         };
         Ok(Serve::Own {
-            url: format!("{scheme}://{listen}  (REST and gRPC)"),
+            url: format!("{scheme}://{listen}"),
         })
     }
 }

@@ -36,7 +36,8 @@ pub struct LimitsConfig {
     pub checkout: ClassLimits,
     /// Signed payment-provider callbacks, from a handful of addresses.
     pub webhook: ClassLimits,
-    /// How many clients and users are tracked at once; the least recent are forgotten first.
+    /// How many clients and users are tracked at once; beyond it the cache evicts the keys it
+    /// deems least useful (moka's TinyLFU), whose allowance then starts afresh.
     pub max_tracked: u64,
 }
 
@@ -120,11 +121,21 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(config: LimitsConfig) -> Self {
+        // A key is forgotten only once idle long enough to have refilled its whole burst.
+        let refill = [
+            &config.default,
+            &config.credentials,
+            &config.checkout,
+            &config.webhook,
+        ]
+        .iter()
+        .flat_map(|class| [class.per_ip, class.per_user])
+        .map(|rate| f64::from(rate.burst) / rate.per_second)
+        .fold(1.0, f64::max);
         Self {
             cells: moka::sync::Cache::builder()
                 .max_capacity(config.max_tracked)
-                // A key idle for a minute has refilled any burst we configure.
-                .time_to_idle(Duration::from_secs(60))
+                .time_to_idle(Duration::from_secs_f64(refill + 1.0))
                 .build(),
             config,
             epoch: Instant::now(),

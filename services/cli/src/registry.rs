@@ -7,5 +7,6 @@ use shopmesh_host::Service;
 pub static SERVICES: &[&'static dyn Service] = &[
     &shopmesh_users::Users,
     &shopmesh_auth::Auth,
+    &shopmesh_catalog::Catalog,
     &shopmesh_edge::Edge,
 ];

@@ -32,6 +32,17 @@ use shopmesh_kit::context::{REQUEST_ID, TRACEPARENT};
 
 pub use config::EventsConfig;
 
+/// The `EventMeta` every event payload carries, filled from the event itself, so the id a
+/// consumer de-duplicates on is the one the bus delivers.
+pub fn envelope(event: &Event, producer: &str) -> shopmesh_proto::shopmesh::events::v1::EventMeta {
+    shopmesh_proto::shopmesh::events::v1::EventMeta {
+        event_id: event.id.clone(),
+        occurred_at: Some(shopmesh_kit::clock::timestamp(event.occurred_at_ms)),
+        producer: producer.to_owned(),
+        traceparent: event.headers.get(TRACEPARENT).cloned().unwrap_or_default(),
+    }
+}
+
 /// Largest event payload accepted, well under Pulsar's 5 MB frame.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 

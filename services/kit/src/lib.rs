@@ -9,6 +9,7 @@
 //! - [`error`]: one error type with stable reasons, mapped once to gRPC and HTTP.
 //! - [`crypto`]: sealing data at rest, blind indexes, random tokens.
 //! - [`context`]: request id, `traceparent` and deadline propagation across calls.
+//! - [`locale`]: the caller's languages; [`paging`]: page tokens.
 //! - [`grpc`]: serving (with health and the context layer) and connecting to peers.
 //! - [`shutdown`]: one shutdown token per process, triggered by SIGINT and SIGTERM.
 //! - [`token`]: EdDSA (Ed25519) access tokens: signing keys, and a verifier with a key cache.
@@ -23,6 +24,8 @@ pub mod context;
 pub mod crypto;
 pub mod error;
 pub mod grpc;
+pub mod locale;
+pub mod paging;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testbed;

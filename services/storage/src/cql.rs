@@ -15,6 +15,8 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
+pub mod listing;
+
 use crate::config::{CqlConfig, valid_identifier};
 use crate::migration::{Migration, pending};
 use crate::{Result, StorageError};

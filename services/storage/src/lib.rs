@@ -41,6 +41,40 @@ pub enum StorageError {
     Worker(String),
 }
 
+/// What a repository operation fails with: the outcomes a service acts on, or a storage failure.
+/// Services' repository traits return it, on both backends alike.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A unique key is taken, or the record changed since it was read.
+    #[error("conflict")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
+    /// The operation does not fit the record's current state; the text says why.
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rusqlite::Error> for RepoError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Storage(error.into())
+    }
+}
+
+impl From<scylla::errors::ExecutionError> for RepoError {
+    fn from(error: scylla::errors::ExecutionError) -> Self {
+        Self::Storage(cql::classify(error))
+    }
+}
+
+impl From<serde_json::Error> for RepoError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Storage(StorageError::Corrupt(error.to_string()))
+    }
+}
+
 impl From<StorageError> for shopmesh_kit::Error {
     fn from(error: StorageError) -> Self {
         match error {

@@ -5,18 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message as _;
-use shopmesh_events::Event;
+use shopmesh_events::{Event, envelope};
 use shopmesh_kit::access::Caller;
 use shopmesh_kit::clock::{now_ms, timestamp};
 use shopmesh_kit::grpc::PeerChannel;
+use shopmesh_kit::paging;
 use shopmesh_kit::{Error, Result};
 use shopmesh_proto::shopmesh::auth::v1::ListRolesRequest;
 use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
 use shopmesh_proto::shopmesh::events::v1::{
-    EventMeta, SessionsRevoked, UserEvent, UserRegistered, user_event,
+    SessionsRevoked, UserEvent, UserRegistered, user_event,
 };
 use shopmesh_proto::shopmesh::users::v1::user_service_server::UserService;
 use shopmesh_proto::shopmesh::users::v1::{
@@ -31,7 +30,7 @@ use uuid::Uuid;
 use crate::config::ThrottleConfig;
 use crate::password::{self, Hasher};
 use crate::profile::{Profile, Vault, normalize_email};
-use crate::store::{Attempt, Cursor, StoreError, UserRecord, UserStore};
+use crate::store::{Attempt, StoreError, UserRecord, UserStore};
 
 /// The role every new account gets.
 pub const DEFAULT_ROLE: &str = "customer";
@@ -114,7 +113,7 @@ impl UserHandler {
                     "an account with this e-mail address exists",
                 ));
             }
-            Err(StoreError::Storage(error)) => return Err(error.into()),
+            Err(other) => return Err(storage(other)),
         }
         self.relay.notify_one();
         tracing::info!(user_id = %id, "user registered");
@@ -196,7 +195,7 @@ impl UserHandler {
                     return to_proto(&record, &profile);
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(StoreError::Storage(error)) => return Err(error.into()),
+                Err(other) => return Err(storage(other)),
             }
         }
         Err(Error::aborted(
@@ -212,7 +211,10 @@ impl UserService for UserHandler {
         &self,
         request: Request<CreateUserRequest>,
     ) -> std::result::Result<Response<User>, Status> {
-        let preferred = preferred_language(request.metadata());
+        let preferred = shopmesh_kit::locale::accepted(request.metadata())
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "en".to_owned());
         let request = request.into_inner();
         let locale = if request.locale.is_empty() {
             preferred
@@ -359,14 +361,14 @@ impl UserService for UserHandler {
         let after = if request.page_token.is_empty() {
             None
         } else {
-            Some(decode_cursor(&request.page_token)?)
+            Some(paging::decode(&request.page_token)?)
         };
         // One more than asked tells whether another page follows.
         let mut records = self.store.list(after, size + 1).await.map_err(storage)?;
         let more = records.len() > size;
         records.truncate(size);
         let next_page_token = match records.last() {
-            Some(last) if more => encode_cursor((last.created_at_ms, last.id)),
+            Some(last) if more => paging::encode((last.created_at_ms, last.id)),
             _ => String::new(),
         };
         let users = records
@@ -466,6 +468,8 @@ impl UserService for UserHandler {
 fn storage(error: StoreError) -> Error {
     match error {
         StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the account changed; retry"),
+        StoreError::NotFound => Error::not_found("USER_NOT_FOUND", "no such user"),
+        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
         StoreError::Storage(error) => error.into(),
     }
 }
@@ -488,82 +492,10 @@ fn to_proto(record: &UserRecord, profile: &Profile) -> Result<User> {
 fn user_event(user: Uuid, payload: user_event::Payload) -> Event {
     let mut event = Event::new(user.to_string(), EVENT_KIND, Vec::new());
     event.payload = UserEvent {
-        meta: Some(EventMeta {
-            event_id: event.id.clone(),
-            occurred_at: Some(timestamp(event.occurred_at_ms)),
-            producer: "users".into(),
-            traceparent: event
-                .headers
-                .get("traceparent")
-                .cloned()
-                .unwrap_or_default(),
-        }),
+        meta: Some(envelope(&event, "users")),
         user_id: user.to_string(),
         payload: Some(payload),
     }
     .encode_to_vec();
     event
-}
-
-/// The first language of the caller's `accept-language` header (forwarded by the edge), if it
-/// is a plain BCP 47 tag; otherwise English.
-fn preferred_language(metadata: &tonic::metadata::MetadataMap) -> String {
-    metadata
-        .get("accept-language")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(',').next())
-        .map(|first| first.split(';').next().unwrap_or_default().trim())
-        .filter(|tag| {
-            (2..=35).contains(&tag.len())
-                && tag.split('-').all(|part| {
-                    !part.is_empty()
-                        && part.len() <= 8
-                        && part.bytes().all(|b| b.is_ascii_alphanumeric())
-                })
-                && tag
-                    .bytes()
-                    .take_while(|b| *b != b'-')
-                    .all(|b| b.is_ascii_alphabetic())
-        })
-        .map_or_else(|| "en".to_owned(), str::to_owned)
-}
-
-fn encode_cursor((at, id): Cursor) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
-}
-
-fn decode_cursor(token: &str) -> Result<Cursor> {
-    let invalid = || Error::invalid_field("page_token", "is not a token from a previous page");
-    let text = URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(invalid)?;
-    let (at, id) = text.split_once(':').ok_or_else(invalid)?;
-    Ok((
-        at.parse().map_err(|_| invalid())?,
-        Uuid::parse_str(id).map_err(|_| invalid())?,
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_preferred_language_comes_from_accept_language() {
-        let language = |header: &str| {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            metadata.insert("accept-language", header.parse().unwrap());
-            preferred_language(&metadata)
-        };
-        assert_eq!(language("de-CH, de;q=0.9, en;q=0.8"), "de-CH");
-        assert_eq!(language("fr;q=0.9"), "fr");
-        assert_eq!(language("*"), "en");
-        assert_eq!(language("1234"), "en");
-        assert_eq!(
-            preferred_language(&tonic::metadata::MetadataMap::new()),
-            "en"
-        );
-    }
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use shopmesh_events::Event;
 use shopmesh_host::Migrations;
-use shopmesh_storage::{Migration, StorageError};
+use shopmesh_storage::Migration;
 use uuid::Uuid;
 
 use crate::config::ThrottleConfig;
@@ -74,29 +74,10 @@ pub enum Attempt {
     Blocked { until_ms: i64 },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The e-mail is taken (create), or the record changed since it was read (update).
-    #[error("conflict")]
-    Conflict,
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-}
+/// Repository failures (see [`shopmesh_storage::RepoError`]).
+pub use shopmesh_storage::RepoError as StoreError;
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> Self {
-        Self::Storage(error.into())
-    }
-}
-
-impl From<scylla::errors::ExecutionError> for StoreError {
-    fn from(error: scylla::errors::ExecutionError) -> Self {
-        Self::Storage(shopmesh_storage::cql::classify(error))
-    }
-}
-
-/// Where a listing continues: after this creation time and id.
-pub type Cursor = (i64, Uuid);
+pub use shopmesh_kit::paging::Cursor;
 
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
@@ -191,7 +172,7 @@ const CQL: &[Migration] = &[
                 id uuid,
                 PRIMARY KEY ((month), created_at, id)
             );
-            CREATE TABLE IF NOT EXISTS user_months (shard int, month int, PRIMARY KEY ((shard), month));
+            CREATE TABLE IF NOT EXISTS users_months (shard int, month int, PRIMARY KEY ((shard), month));
             CREATE TABLE IF NOT EXISTS login_failures (
                 email_index blob PRIMARY KEY,
                 failures int,

@@ -34,6 +34,8 @@ pub struct Platform {
     pub admin_password: Option<String>,
     /// The edge's base URL, `http://127.0.0.1:port`.
     pub edge: String,
+    /// Every service's gRPC address, by name.
+    pub grpc: std::collections::HashMap<String, String>,
 }
 
 impl Platform {
@@ -47,7 +49,8 @@ impl Platform {
             .args(["--set", "admin.listen=\"127.0.0.1:0\""])
             .args(["--set", "log.level=\"warn\""])
             .args(["--set", "services.users.bcrypt_cost=4"])
-            .args(["--set", "services.edge.listen=\"127.0.0.1:0\""]);
+            .args(["--set", "services.edge.listen=\"127.0.0.1:0\""])
+            .args(["--set", "services.catalog.demo_catalog=false"]);
         for setting in settings {
             command.args(["--set", setting]);
         }
@@ -67,15 +70,17 @@ impl Platform {
                 collected.lock().unwrap().push(line);
             }
         });
-        let (mut users, mut auth, mut edge, mut admin_password) = (None, None, None, None);
+        let (mut edge, mut admin_password) = (None, None);
+        let mut grpc = std::collections::HashMap::new();
         let started = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 output.lock().unwrap().push(line.clone());
                 let words: Vec<&str> = line.split_whitespace().collect();
                 match words.as_slice() {
-                    ["users", url] => users = Some(url.replace("grpc://", "http://")),
-                    ["auth", url] => auth = Some(url.replace("grpc://", "http://")),
                     ["edge", url, ..] => edge = Some((*url).to_owned()),
+                    [name, url] if url.starts_with("grpc://") => {
+                        grpc.insert((*name).to_owned(), url.replace("grpc://", "http://"));
+                    }
                     ["first", "admin", _, "password", password, ..] => {
                         admin_password = Some((*password).to_owned());
                     }
@@ -87,6 +92,7 @@ impl Platform {
         })
         .await;
         started.expect("shopmesh ready within 60 s");
+        let (users, auth) = (grpc.get("users").cloned(), grpc.get("auth").cloned());
         // Keep reading, so the platform never blocks on a full pipe.
         let collected = output.clone();
         tokio::spawn(async move {
@@ -109,7 +115,15 @@ impl Platform {
             auth: AuthServiceClient::new(connect(auth).await),
             admin_password,
             edge: edge.expect("the edge's address is printed"),
+            grpc,
         }
+    }
+
+    /// A channel to a service's own gRPC port (as a peer service would call it).
+    pub fn channel(&self, service: &str) -> Channel {
+        Channel::from_shared(self.grpc[service].clone())
+            .expect("a printed address")
+            .connect_lazy()
     }
 
     /// Stops the platform with SIGINT, as Ctrl-C would, and checks it exits 0 in time; returns

@@ -1,7 +1,7 @@
 //! Users on CQL. The e-mail is claimed with a lightweight transaction in `users_by_email`, then
 //! the account, its listing entry and its event go in one logged batch. A claim whose batch
 //! never landed (a crash in between) is taken over by the next registration of that e-mail.
-//! Listing oldest first reads month partitions of `users_by_month` in order. Updates are
+//! Listing oldest first goes through a [`CreationIndex`]. Updates are
 //! conditional on the version read (an LWT).
 
 use std::sync::Arc;
@@ -11,14 +11,12 @@ use scylla::statement::prepared::PreparedStatement;
 use shopmesh_events::Event;
 use shopmesh_events::outbox::{CqlOutbox, OutboxRow};
 use shopmesh_storage::StorageError;
+use shopmesh_storage::cql::listing::CreationIndex;
 use shopmesh_storage::cql::{Cql, lwt_applied, lwt_outcome};
 use uuid::Uuid;
 
 use super::{Attempt, Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
 use crate::config::ThrottleConfig;
-
-/// The single partition of `user_months`, which lists the months that have accounts.
-const MONTHS_SHARD: i32 = 0;
 
 type Row = (
     Uuid,
@@ -38,14 +36,10 @@ pub struct CqlUsers {
     claim_email: PreparedStatement,
     take_over_email: PreparedStatement,
     insert: PreparedStatement,
-    insert_by_month: PreparedStatement,
-    insert_month: PreparedStatement,
+    by_creation: CreationIndex,
     select: PreparedStatement,
     select_by_email: PreparedStatement,
     update: PreparedStatement,
-    months_from: PreparedStatement,
-    month_page: PreparedStatement,
-    month_page_after: PreparedStatement,
     select_failures: PreparedStatement,
     insert_failures: PreparedStatement,
     update_failures: PreparedStatement,
@@ -68,12 +62,7 @@ impl CqlUsers {
                      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .await?,
-            insert_by_month: cql
-                .prepare("INSERT INTO users_by_month (month, created_at, id) VALUES (?, ?, ?)")
-                .await?,
-            insert_month: cql
-                .prepare("INSERT INTO user_months (shard, month) VALUES (?, ?)")
-                .await?,
+            by_creation: CreationIndex::new(&cql, "users").await?,
             select: cql
                 .prepare(
                     "SELECT id, email_index, password_hash, profile, locale, roles, created_at, updated_at, version \
@@ -87,17 +76,6 @@ impl CqlUsers {
                 .prepare(
                     "UPDATE users SET password_hash = ?, profile = ?, locale = ?, roles = ?, updated_at = ?, version = ? \
                      WHERE id = ? IF version = ?",
-                )
-                .await?,
-            months_from: cql
-                .prepare("SELECT month FROM user_months WHERE shard = ? AND month >= ?")
-                .await?,
-            month_page: cql
-                .prepare("SELECT created_at, id FROM users_by_month WHERE month = ? LIMIT ?")
-                .await?,
-            month_page_after: cql
-                .prepare(
-                    "SELECT created_at, id FROM users_by_month WHERE month = ? AND (created_at, id) > (?, ?) LIMIT ?",
                 )
                 .await?,
             select_failures: cql
@@ -157,11 +135,6 @@ impl CqlUsers {
     }
 }
 
-fn month_of(at_ms: i64) -> i32 {
-    // Months since 1970-01, by 30.44-day months: partitions only need to be ordered and bounded.
-    (at_ms / (2_629_746_000)) as i32
-}
-
 fn record(row: Row) -> UserRecord {
     let (
         id,
@@ -193,11 +166,12 @@ impl UserStore for CqlUsers {
         if !self.claim_email(&user.email_index, user.id).await? {
             return Err(StoreError::Conflict);
         }
-        let month = month_of(user.created_at_ms);
+        let (by_month, month) = CreationIndex::entry(user.created_at_ms, user.id);
+        let [insert_by_month, insert_month] = self.by_creation.statements();
         let statements = [
             &self.insert,
-            &self.insert_by_month,
-            &self.insert_month,
+            insert_by_month,
+            insert_month,
             self.outbox.insert(),
         ];
         let values = (
@@ -212,8 +186,8 @@ impl UserStore for CqlUsers {
                 user.updated_at_ms,
                 user.version,
             ),
-            (month, user.created_at_ms, user.id),
-            (MONTHS_SHARD, month),
+            by_month,
+            month,
             OutboxRow::new(TOPIC, event).map_err(|e| StorageError::Corrupt(e.to_string()))?,
         );
         Ok(self.cql.logged_batch(&statements, values).await?)
@@ -274,31 +248,13 @@ impl UserStore for CqlUsers {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<UserRecord>, StoreError> {
-        let first_month = after.map_or(i32::MIN, |(at, _)| month_of(at));
-        let months = self
-            .cql
-            .rows::<(i32,)>(&self.months_from, (MONTHS_SHARD, first_month))
-            .await?;
-        let mut ids = Vec::new();
-        for (month,) in months {
-            let wanted = i32::try_from(limit - ids.len()).unwrap_or(i32::MAX);
-            let page = match after {
-                Some((at, id)) if month == first_month => {
-                    self.cql
-                        .rows::<(i64, Uuid)>(&self.month_page_after, (month, at, id, wanted))
-                        .await?
-                }
-                _ => {
-                    self.cql
-                        .rows::<(i64, Uuid)>(&self.month_page, (month, wanted))
-                        .await?
-                }
-            };
-            ids.extend(page.into_iter().map(|(_, id)| id));
-            if ids.len() >= limit {
-                break;
-            }
-        }
+        let ids: Vec<Uuid> = self
+            .by_creation
+            .list(after, limit)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         let mut users = Vec::with_capacity(ids.len());
         for id in ids {
             // A listing entry is written in the account's batch, so the account exists.

@@ -1,0 +1,96 @@
+//! The catalog service: categories, products with translations, browsing in creation order,
+//! and the stock the order pipeline reserves, releases and commits. Every product change
+//! goes out as a `ProductEvent` through the outbox.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod seed;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use figment::Figment;
+use shopmesh_events::outbox::{Relay, SqliteOutbox};
+use shopmesh_events::{SubscribeOptions, consumer};
+use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
+use shopmesh_kit::{ConfigError, config::render};
+use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogServiceServer;
+
+pub use config::CatalogConfig;
+
+use crate::service::CatalogHandler;
+use crate::store::cql::CqlCatalog;
+use crate::store::sqlite::SqliteCatalog;
+use crate::store::{CatalogStore, MIGRATIONS};
+
+/// The catalog service, as the host runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog;
+
+#[async_trait]
+impl Service for Catalog {
+    fn name(&self) -> &'static str {
+        "catalog"
+    }
+
+    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
+        Ok(render(&shopmesh_host::section::<CatalogConfig>(section)?))
+    }
+
+    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
+        let config: CatalogConfig = context.config()?;
+        let (store, relay): (Arc<dyn CatalogStore>, Relay) =
+            match context.open_store(&MIGRATIONS).await? {
+                Store::Sqlite(db) => (
+                    Arc::new(SqliteCatalog(db.clone())),
+                    Relay::new(Arc::new(SqliteOutbox(db)), context.events.clone()),
+                ),
+                Store::Cql(cql) => {
+                    let catalog = CqlCatalog::new(cql).await?;
+                    let relay = Relay::new(catalog.outbox(), context.events.clone());
+                    (Arc::new(catalog), relay)
+                }
+            };
+        let waker = relay.waker();
+        context.spawn(relay.run(context.shutdown.clone()));
+        let handler = Arc::new(CatalogHandler::new(
+            store.clone(),
+            config.default_locale,
+            waker,
+        ));
+        // Every replica follows every product change on a subscription of its own.
+        let subscription = format!("catalog-{}", config.replica);
+        let subscriber = context
+            .events
+            .subscribe(store::TOPIC, &subscription, SubscribeOptions::default())
+            .await?;
+        let following = handler.clone();
+        context.spawn(consumer::run(
+            subscriber,
+            "catalog-replica",
+            context.shutdown.clone(),
+            move |event| {
+                let handler = following.clone();
+                async move {
+                    if let Ok(product) = uuid::Uuid::parse_str(&event.key) {
+                        handler.forget(product).await;
+                    }
+                    Ok(())
+                }
+            },
+        ));
+        if context.mode == Mode::Embedded
+            && config.demo_catalog
+            && store.categories().await?.is_empty()
+        {
+            let products = seed::demo(&handler).await?;
+            println!("  demo catalog   {products} products in 5 departments (first start only)");
+        }
+        Ok(Serve::Grpc(tonic::service::Routes::new(
+            CatalogServiceServer::from_arc(handler),
+        )))
+    }
+}

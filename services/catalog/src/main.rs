@@ -1,0 +1,5 @@
+//! `shopmesh-catalog`: the catalog service on its own (distributed mode).
+
+fn main() -> std::process::ExitCode {
+    shopmesh_host::service_main(&shopmesh_catalog::Catalog)
+}

@@ -1,0 +1,700 @@
+//! The `CatalogService` gRPC handlers. Requests arrive validated and access-checked; handlers
+//! add what only the catalog knows (category trees, locales, stock).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message as _;
+use shopmesh_events::{Event, envelope};
+use shopmesh_kit::clock::{now_ms, timestamp};
+use shopmesh_kit::{Error, Result, locale, paging};
+use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogService;
+use shopmesh_proto::shopmesh::catalog::v1::{
+    Category, CommitStockRequest, CreateCategoryRequest, CreateProductRequest,
+    DeleteCategoryRequest, DeleteCategoryResponse, DeleteProductRequest, DeleteProductResponse,
+    GetProductRequest, GetProductsForOrderRequest, GetProductsForOrderResponse,
+    ListCategoriesRequest, ListCategoriesResponse, ListProductsRequest, ListProductsResponse,
+    OrderableProduct, Product, ProductTranslation, ReleaseStockRequest, ReserveStockRequest,
+    SearchProductsRequest, SearchProductsResponse, StockLine, StockReservation,
+    StockReservationState, StockShortage, UpdateCategoryRequest, UpdateProductRequest,
+};
+use shopmesh_proto::shopmesh::common::v1::{Money, RatingSummary};
+use shopmesh_proto::shopmesh::events::v1::{
+    ProductChanged, ProductDeleted, ProductEvent, ProductStockChanged, product_event,
+};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::store::{
+    Announce, CatalogStore, CategoryRecord, Line, ProductRecord, ProductText, Reservation,
+    ReservationState, StockChange, StoreError,
+};
+
+const DEFAULT_PAGE: usize = 20;
+const DETAIL_CACHE_ENTRIES: u64 = 50_000;
+const EVENT_KIND: &str = "shopmesh.events.v1.ProductEvent";
+
+pub struct CatalogHandler {
+    store: Arc<dyn CatalogStore>,
+    /// Product details by id; entries leave when a product event for them arrives.
+    details: moka::future::Cache<Uuid, Arc<ProductRecord>>,
+    /// The locale of products' own title and description, and the fallback.
+    default_locale: String,
+    relay: Arc<Notify>,
+}
+
+impl CatalogHandler {
+    pub fn new(store: Arc<dyn CatalogStore>, default_locale: String, relay: Arc<Notify>) -> Self {
+        Self {
+            store,
+            details: moka::future::Cache::builder()
+                .max_capacity(DETAIL_CACHE_ENTRIES)
+                // A bound on staleness should an event ever be lost.
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
+            default_locale,
+            relay,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn CatalogStore> {
+        &self.store
+    }
+
+    /// Drops a product's cached details; called for every product event, whichever replica
+    /// wrote the change.
+    pub async fn forget(&self, product: Uuid) {
+        self.details.invalidate(&product).await;
+    }
+
+    /// A product's details, from the cache when there.
+    async fn cached(&self, id: &str) -> Result<Arc<ProductRecord>> {
+        let id = parse_id("id", id)?;
+        let store = self.store.clone();
+        self.details
+            .try_get_with(id, async move {
+                match store.product(id).await {
+                    Ok(Some(record)) => Ok(Arc::new(record)),
+                    Ok(None) => Err(Error::not_found("PRODUCT_NOT_FOUND", "no such product")),
+                    Err(error) => Err(storage(error)),
+                }
+            })
+            .await
+            .map_err(|error: Arc<Error>| (*error).clone())
+    }
+
+    async fn product_record(&self, id: &str) -> Result<ProductRecord> {
+        let id = parse_id("id", id)?;
+        self.store
+            .product(id)
+            .await
+            .map_err(storage)?
+            .ok_or_else(|| Error::not_found("PRODUCT_NOT_FOUND", "no such product"))
+    }
+
+    /// `category` and every category below it.
+    async fn subtree(&self, category: Uuid) -> Result<Vec<Uuid>> {
+        let categories = self.store.categories().await.map_err(storage)?;
+        if !categories.iter().any(|c| c.id == category) {
+            return Err(Error::invalid_field("category", "no such category"));
+        }
+        let mut found = vec![category];
+        let mut index = 0;
+        while index < found.len() {
+            let parent = found[index];
+            found.extend(
+                categories
+                    .iter()
+                    .filter(|c| c.parent_id == Some(parent))
+                    .map(|c| c.id),
+            );
+            index += 1;
+        }
+        Ok(found)
+    }
+
+    /// Creates a product (handlers and the demo seed).
+    pub async fn create(&self, request: CreateProductRequest) -> Result<Product> {
+        let price = request.price.unwrap_or_default();
+        let category_id = optional_id("category_id", &request.category_id)?;
+        if let Some(category) = category_id {
+            self.subtree(category)
+                .await
+                .map_err(|_| Error::invalid_field("category_id", "no such category"))?;
+        }
+        let now = now_ms();
+        let record = ProductRecord {
+            id: Uuid::now_v7(),
+            sku: request.sku,
+            category_id,
+            currency: price.currency_code,
+            amount_minor: price.amount_minor,
+            stock: request.stock,
+            rating_average: 0.0,
+            rating_count: 0,
+            text: ProductText {
+                title: request.title,
+                description: request.description,
+                attributes: request.attributes.into_iter().collect(),
+                translations: translations_in(request.translations),
+            },
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+        };
+        let event = self.changed(&record);
+        match self.store.create_product(&record, &event).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                return Err(
+                    Error::already_exists("SKU_TAKEN", "a product with this SKU exists")
+                        .with_metadata("sku", record.sku),
+                );
+            }
+            Err(other) => return Err(storage(other)),
+        }
+        self.relay.notify_one();
+        Ok(self.view(&record, &[]))
+    }
+
+    /// A product as the API shows it, in the best of the caller's languages.
+    fn view(&self, record: &ProductRecord, accepted: &[String]) -> Product {
+        let text = &record.text;
+        let chosen = locale::best(
+            accepted,
+            text.translations
+                .keys()
+                .map(String::as_str)
+                .chain(std::iter::once(self.default_locale.as_str())),
+        )
+        .unwrap_or(&self.default_locale);
+        let (title, description) = match text.translations.get(chosen) {
+            Some((title, description)) if chosen != self.default_locale => {
+                (title.clone(), description.clone())
+            }
+            _ => (text.title.clone(), text.description.clone()),
+        };
+        Product {
+            id: record.id.to_string(),
+            sku: record.sku.clone(),
+            title,
+            description,
+            price: Some(Money {
+                currency_code: record.currency.clone(),
+                amount_minor: record.amount_minor,
+            }),
+            category_id: record
+                .category_id
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            attributes: text.attributes.clone().into_iter().collect(),
+            stock: record.stock,
+            rating: Some(RatingSummary {
+                average: record.rating_average,
+                count: record.rating_count,
+            }),
+            translations: text
+                .translations
+                .iter()
+                .map(|(locale, (title, description))| {
+                    (
+                        locale.clone(),
+                        ProductTranslation {
+                            title: title.clone(),
+                            description: description.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            locale: chosen.to_owned(),
+            created_at: Some(timestamp(record.created_at_ms)),
+            updated_at: Some(timestamp(record.updated_at_ms)),
+        }
+    }
+
+    fn changed(&self, record: &ProductRecord) -> Event {
+        product_event(
+            record.id,
+            record.version,
+            product_event::Payload::Changed(ProductChanged {
+                product: Some(self.view(record, &[])),
+            }),
+        )
+    }
+
+    fn announce(&self) -> Announce {
+        Arc::new(|change: &StockChange| {
+            product_event(
+                change.product_id,
+                change.version,
+                product_event::Payload::StockChanged(ProductStockChanged {
+                    stock: change.stock,
+                }),
+            )
+        })
+    }
+
+    fn category_view(&self, record: &CategoryRecord, accepted: &[String]) -> Category {
+        let name = locale::best(accepted, record.translations.keys().map(String::as_str))
+            .and_then(|chosen| record.translations.get(chosen))
+            .cloned()
+            .unwrap_or_else(|| record.name.clone());
+        Category {
+            id: record.id.to_string(),
+            parent_id: record.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            slug: record.slug.clone(),
+            name,
+            translations: record.translations.clone().into_iter().collect(),
+            position: record.position,
+        }
+    }
+
+    /// Creates a category (handlers and the demo seed).
+    pub async fn create_category_record(&self, request: CreateCategoryRequest) -> Result<Category> {
+        let parent_id = optional_id("parent_id", &request.parent_id)?;
+        if let Some(parent) = parent_id {
+            self.subtree(parent)
+                .await
+                .map_err(|_| Error::invalid_field("parent_id", "no such category"))?;
+        }
+        let record = CategoryRecord {
+            id: Uuid::now_v7(),
+            parent_id,
+            slug: request.slug,
+            name: request.name,
+            translations: request.translations.into_iter().collect(),
+            position: request.position,
+        };
+        match self.store.create_category(&record).await {
+            Ok(()) => Ok(self.category_view(&record, &[])),
+            Err(StoreError::Conflict) => Err(Error::already_exists(
+                "SLUG_TAKEN",
+                "a category with this slug exists",
+            )),
+            Err(other) => Err(storage(other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl CatalogService for CatalogHandler {
+    async fn list_categories(
+        &self,
+        request: Request<ListCategoriesRequest>,
+    ) -> std::result::Result<Response<ListCategoriesResponse>, Status> {
+        let accepted = locale::accepted(request.metadata());
+        let categories = self.store.categories().await.map_err(storage)?;
+        Ok(Response::new(ListCategoriesResponse {
+            categories: categories
+                .iter()
+                .map(|c| self.category_view(c, &accepted))
+                .collect(),
+        }))
+    }
+
+    async fn list_products(
+        &self,
+        request: Request<ListProductsRequest>,
+    ) -> std::result::Result<Response<ListProductsResponse>, Status> {
+        let accepted = locale::accepted(request.metadata());
+        let request = request.into_inner();
+        let categories = match optional_id("category", &request.category)? {
+            Some(category) => Some(self.subtree(category).await?),
+            None => None,
+        };
+        let size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            size => size.clamp(1, 100) as usize,
+        };
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(paging::decode(token)?),
+        };
+        let mut records = self
+            .store
+            .list_products(categories.as_deref(), after, size + 1)
+            .await
+            .map_err(storage)?;
+        let more = records.len() > size;
+        records.truncate(size);
+        let next_page_token = match records.last() {
+            Some(last) if more => paging::encode((last.created_at_ms, last.id)),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListProductsResponse {
+            products: records
+                .iter()
+                .map(|record| {
+                    let mut product = self.view(record, &accepted);
+                    product.translations.clear();
+                    product
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_product(
+        &self,
+        request: Request<GetProductRequest>,
+    ) -> std::result::Result<Response<Product>, Status> {
+        let accepted = locale::accepted(request.metadata());
+        let record = self.cached(&request.into_inner().id).await?;
+        Ok(Response::new(self.view(&record, &accepted)))
+    }
+
+    async fn search_products(
+        &self,
+        _request: Request<SearchProductsRequest>,
+    ) -> std::result::Result<Response<SearchProductsResponse>, Status> {
+        Err(Error::unavailable(
+            "SEARCH_UNAVAILABLE",
+            "product search is not available on this catalog replica",
+        )
+        .into())
+    }
+
+    async fn create_product(
+        &self,
+        request: Request<CreateProductRequest>,
+    ) -> std::result::Result<Response<Product>, Status> {
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    async fn update_product(
+        &self,
+        request: Request<UpdateProductRequest>,
+    ) -> std::result::Result<Response<Product>, Status> {
+        let request = request.into_inner();
+        let update = request.product.unwrap_or_default();
+        let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
+        for _ in 0..5 {
+            let mut record = self.product_record(&request.id).await?;
+            let previous_sku = record.sku.clone();
+            for path in &mask {
+                match path.as_str() {
+                    "sku" => record.sku = update.sku.clone(),
+                    "title" => record.text.title = update.title.clone(),
+                    "description" => record.text.description = update.description.clone(),
+                    "price" => {
+                        let price = update.price.clone().unwrap_or_default();
+                        record.currency = price.currency_code;
+                        record.amount_minor = price.amount_minor;
+                    }
+                    "category_id" => {
+                        let category = optional_id("product.category_id", &update.category_id)?;
+                        if let Some(category) = category {
+                            self.subtree(category).await.map_err(|_| {
+                                Error::invalid_field("product.category_id", "no such category")
+                            })?;
+                        }
+                        record.category_id = category;
+                    }
+                    "attributes" => {
+                        record.text.attributes = update.attributes.clone().into_iter().collect();
+                    }
+                    "stock" => record.stock = update.stock,
+                    "translations" => {
+                        record.text.translations = translations_in(update.translations.clone());
+                    }
+                    other => {
+                        return Err(Error::invalid_field(
+                            "update_mask",
+                            format!("`{other}` cannot be changed"),
+                        )
+                        .into());
+                    }
+                }
+            }
+            record.version += 1;
+            record.updated_at_ms = now_ms();
+            let event = self.changed(&record);
+            match self
+                .store
+                .update_product(&record, &previous_sku, &event)
+                .await
+            {
+                Ok(()) => {
+                    self.relay.notify_one();
+                    return Ok(Response::new(self.view(&record, &[])));
+                }
+                Err(StoreError::Conflict) if previous_sku != record.sku => {
+                    // Either the new SKU is taken or the product changed; a re-read tells.
+                    let current = self.product_record(&request.id).await?;
+                    if current.version == record.version - 1 {
+                        return Err(Error::already_exists(
+                            "SKU_TAKEN",
+                            "a product with this SKU exists",
+                        )
+                        .into());
+                    }
+                }
+                Err(StoreError::Conflict) => {}
+                Err(other) => return Err(storage(other).into()),
+            }
+        }
+        Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
+    }
+
+    async fn delete_product(
+        &self,
+        request: Request<DeleteProductRequest>,
+    ) -> std::result::Result<Response<DeleteProductResponse>, Status> {
+        let id = request.into_inner().id;
+        for _ in 0..5 {
+            let record = self.product_record(&id).await?;
+            let event = product_event(
+                record.id,
+                record.version + 1,
+                product_event::Payload::Deleted(ProductDeleted {}),
+            );
+            match self.store.delete_product(&record, &event).await {
+                Ok(()) => {
+                    self.forget(record.id).await;
+                    self.relay.notify_one();
+                    return Ok(Response::new(DeleteProductResponse {}));
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(storage(other).into()),
+            }
+        }
+        Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
+    }
+
+    async fn create_category(
+        &self,
+        request: Request<CreateCategoryRequest>,
+    ) -> std::result::Result<Response<Category>, Status> {
+        Ok(Response::new(
+            self.create_category_record(request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_category(
+        &self,
+        request: Request<UpdateCategoryRequest>,
+    ) -> std::result::Result<Response<Category>, Status> {
+        let request = request.into_inner();
+        let id = parse_id("id", &request.id)?;
+        let update = request.category.unwrap_or_default();
+        let mut record = self
+            .store
+            .categories()
+            .await
+            .map_err(storage)?
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| Error::not_found("CATEGORY_NOT_FOUND", "no such category"))?;
+        for path in request.update_mask.map(|m| m.paths).unwrap_or_default() {
+            match path.as_str() {
+                "parent_id" => {
+                    let parent = optional_id("category.parent_id", &update.parent_id)?;
+                    if let Some(parent) = parent
+                        && self.subtree(id).await?.contains(&parent)
+                    {
+                        return Err(Error::invalid_field(
+                            "category.parent_id",
+                            "a category cannot move below itself",
+                        )
+                        .into());
+                    }
+                    record.parent_id = parent;
+                }
+                "slug" => record.slug = update.slug.clone(),
+                "name" => record.name = update.name.clone(),
+                "translations" => {
+                    record.translations = update.translations.clone().into_iter().collect()
+                }
+                "position" => record.position = update.position,
+                other => {
+                    return Err(Error::invalid_field(
+                        "update_mask",
+                        format!("`{other}` cannot be changed"),
+                    )
+                    .into());
+                }
+            }
+        }
+        match self.store.update_category(&record).await {
+            Ok(()) => Ok(Response::new(self.category_view(&record, &[]))),
+            Err(StoreError::Conflict) => {
+                Err(Error::already_exists("SLUG_TAKEN", "a category with this slug exists").into())
+            }
+            Err(other) => Err(storage(other).into()),
+        }
+    }
+
+    async fn delete_category(
+        &self,
+        request: Request<DeleteCategoryRequest>,
+    ) -> std::result::Result<Response<DeleteCategoryResponse>, Status> {
+        let id = parse_id("id", &request.into_inner().id)?;
+        self.store.delete_category(id).await.map_err(storage)?;
+        Ok(Response::new(DeleteCategoryResponse {}))
+    }
+
+    async fn get_products_for_order(
+        &self,
+        request: Request<GetProductsForOrderRequest>,
+    ) -> std::result::Result<Response<GetProductsForOrderResponse>, Status> {
+        let accepted = locale::accepted(request.metadata());
+        let mut products = Vec::new();
+        let mut missing_product_ids = Vec::new();
+        for id in request.into_inner().product_ids {
+            let found = self
+                .store
+                .product(parse_id("product_ids", &id)?)
+                .await
+                .map_err(storage)?;
+            match found {
+                Some(record) => {
+                    let view = self.view(&record, &accepted);
+                    products.push(OrderableProduct {
+                        product_id: view.id,
+                        sku: view.sku,
+                        title: view.title,
+                        unit_price: view.price,
+                        stock: view.stock,
+                    });
+                }
+                None => missing_product_ids.push(id),
+            }
+        }
+        Ok(Response::new(GetProductsForOrderResponse {
+            products,
+            missing_product_ids,
+        }))
+    }
+
+    async fn reserve_stock(
+        &self,
+        request: Request<ReserveStockRequest>,
+    ) -> std::result::Result<Response<StockReservation>, Status> {
+        let request = request.into_inner();
+        let order_id = parse_id("order_id", &request.order_id)?;
+        let mut lines: BTreeMap<Uuid, i32> = BTreeMap::new();
+        for item in request.items {
+            let product_id = parse_id("items.product_id", &item.product_id)?;
+            if lines.insert(product_id, item.quantity).is_some() {
+                return Err(Error::invalid_field("items", "one line per product").into());
+            }
+        }
+        let lines: Vec<Line> = lines
+            .into_iter()
+            .map(|(product_id, quantity)| Line {
+                product_id,
+                quantity,
+            })
+            .collect();
+        let reservation = self
+            .store
+            .reserve(order_id, &lines, now_ms(), self.announce())
+            .await
+            .map_err(storage)?;
+        self.relay.notify_one();
+        Ok(Response::new(reservation_view(&reservation)))
+    }
+
+    async fn release_stock(
+        &self,
+        request: Request<ReleaseStockRequest>,
+    ) -> std::result::Result<Response<StockReservation>, Status> {
+        let request = request.into_inner();
+        let order_id = parse_id("order_id", &request.order_id)?;
+        let reservation = self
+            .store
+            .release(order_id, now_ms(), self.announce())
+            .await
+            .map_err(storage)?;
+        self.relay.notify_one();
+        tracing::info!(order_id = %order_id, reason = request.reason, "stock released");
+        Ok(Response::new(reservation_view(&reservation)))
+    }
+
+    async fn commit_stock(
+        &self,
+        request: Request<CommitStockRequest>,
+    ) -> std::result::Result<Response<StockReservation>, Status> {
+        let order_id = parse_id("order_id", &request.into_inner().order_id)?;
+        let reservation = self
+            .store
+            .commit(order_id, now_ms())
+            .await
+            .map_err(storage)?;
+        Ok(Response::new(reservation_view(&reservation)))
+    }
+}
+
+fn reservation_view(reservation: &Reservation) -> StockReservation {
+    StockReservation {
+        order_id: reservation.order_id.to_string(),
+        state: match reservation.state {
+            ReservationState::Reserved => StockReservationState::Reserved,
+            ReservationState::Rejected => StockReservationState::Rejected,
+            ReservationState::Released => StockReservationState::Released,
+            ReservationState::Committed => StockReservationState::Committed,
+        } as i32,
+        items: reservation
+            .lines
+            .iter()
+            .map(|line| StockLine {
+                product_id: line.product_id.to_string(),
+                quantity: line.quantity,
+            })
+            .collect(),
+        shortages: reservation
+            .shortages
+            .iter()
+            .map(|s| StockShortage {
+                product_id: s.product_id.to_string(),
+                requested: s.requested,
+                available: s.available,
+            })
+            .collect(),
+        updated_at: Some(timestamp(reservation.updated_at_ms)),
+    }
+}
+
+fn translations_in(
+    translations: impl IntoIterator<Item = (String, ProductTranslation)>,
+) -> BTreeMap<String, (String, String)> {
+    translations
+        .into_iter()
+        .map(|(locale, t)| (locale, (t.title, t.description)))
+        .collect()
+}
+
+fn parse_id(field: &str, text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|_| Error::invalid_field(field, "must be a UUID"))
+}
+
+fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse_id(field, text).map(Some)
+    }
+}
+
+fn storage(error: StoreError) -> Error {
+    match error {
+        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the record changed; retry"),
+        StoreError::NotFound => Error::not_found("NOT_FOUND", "no such record"),
+        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
+        StoreError::Storage(error) => error.into(),
+    }
+}
+
+/// A product event, its envelope filled from the event itself.
+fn product_event(product: Uuid, version: i64, payload: product_event::Payload) -> Event {
+    let mut event = Event::new(product.to_string(), EVENT_KIND, Vec::new());
+    event.payload = ProductEvent {
+        meta: Some(envelope(&event, "catalog")),
+        product_id: product.to_string(),
+        version,
+        payload: Some(payload),
+    }
+    .encode_to_vec();
+    event
+}
