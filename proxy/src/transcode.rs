@@ -146,8 +146,27 @@ fn set_path(
         .or_else(|| descriptor.get_field_by_json_name(head))
         .ok_or_else(unknown)?;
     match rest {
+        // `attr.colour=red`: one entry of a map keyed by strings.
+        Some(key) if field.is_map() => {
+            let Kind::Message(entry) = field.kind() else {
+                return Err(unknown());
+            };
+            if !matches!(entry.map_entry_key_field().kind(), Kind::String) {
+                return Err(violation(path, "only maps keyed by text bind from a URL"));
+            }
+            let value = scalar(&entry.map_entry_value_field(), text)
+                .map_err(|reason| violation(path, reason))?
+                .into_iter()
+                .next()
+                .ok_or_else(unknown)?;
+            let Value::Map(map) = message.get_field_mut(&field) else {
+                return Err(unknown());
+            };
+            map.insert(prost_reflect::MapKey::String(key.to_owned()), value);
+            Ok(())
+        }
         Some(rest) => {
-            if field.is_list() || field.is_map() {
+            if field.is_list() {
                 return Err(violation(path, "cannot bind inside a repeated field"));
             }
             let Value::Message(inner) = message.get_field_mut(&field) else {
@@ -443,6 +462,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json(&explicit)["update_mask"], serde_json::json!("phone"));
+    }
+
+    #[test]
+    fn map_entries_bind_from_dotted_query_keys() {
+        let message = build(
+            Method::GET,
+            "/v1/products:search?attr.colour=red&attr.size=42",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            json(&message)["attr"],
+            serde_json::json!({"colour": "red", "size": "42"})
+        );
     }
 
     #[test]

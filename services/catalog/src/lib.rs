@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod search;
 pub mod seed;
 pub mod service;
 pub mod store;
@@ -21,6 +22,7 @@ use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogServic
 
 pub use config::CatalogConfig;
 
+use crate::search::Search;
 use crate::service::CatalogHandler;
 use crate::store::cql::CqlCatalog;
 use crate::store::sqlite::SqliteCatalog;
@@ -56,8 +58,17 @@ impl Service for Catalog {
             };
         let waker = relay.waker();
         context.spawn(relay.run(context.shutdown.clone()));
+        let search = Arc::new(
+            Search::open(
+                &context.data_dir.join("search").join(&config.replica),
+                store.clone(),
+                config.default_locale.clone(),
+            )
+            .await?,
+        );
         let handler = Arc::new(CatalogHandler::new(
             store.clone(),
+            search.clone(),
             config.default_locale,
             waker,
         ));
@@ -73,12 +84,12 @@ impl Service for Catalog {
             "catalog-replica",
             context.shutdown.clone(),
             move |event| {
-                let handler = following.clone();
+                let (handler, search) = (following.clone(), search.clone());
                 async move {
                     if let Ok(product) = uuid::Uuid::parse_str(&event.key) {
                         handler.forget(product).await;
                     }
-                    Ok(())
+                    search.apply(&event.payload).await
                 }
             },
         ));

@@ -10,13 +10,14 @@ use shopmesh_kit::clock::{now_ms, timestamp};
 use shopmesh_kit::{Error, Result, locale, paging};
 use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogService;
 use shopmesh_proto::shopmesh::catalog::v1::{
-    Category, CommitStockRequest, CreateCategoryRequest, CreateProductRequest,
+    AttributeFacet, Category, CommitStockRequest, CreateCategoryRequest, CreateProductRequest,
     DeleteCategoryRequest, DeleteCategoryResponse, DeleteProductRequest, DeleteProductResponse,
-    GetProductRequest, GetProductsForOrderRequest, GetProductsForOrderResponse,
+    FacetCount, GetProductRequest, GetProductsForOrderRequest, GetProductsForOrderResponse,
     ListCategoriesRequest, ListCategoriesResponse, ListProductsRequest, ListProductsResponse,
-    OrderableProduct, Product, ProductTranslation, ReleaseStockRequest, ReserveStockRequest,
-    SearchProductsRequest, SearchProductsResponse, StockLine, StockReservation,
-    StockReservationState, StockShortage, UpdateCategoryRequest, UpdateProductRequest,
+    OrderableProduct, PriceBucket, Product, ProductSummary, ProductTranslation,
+    ReleaseStockRequest, ReserveStockRequest, SearchFacets, SearchProductsRequest,
+    SearchProductsResponse, SearchSort, StockLine, StockReservation, StockReservationState,
+    StockShortage, UpdateCategoryRequest, UpdateProductRequest,
 };
 use shopmesh_proto::shopmesh::common::v1::{Money, RatingSummary};
 use shopmesh_proto::shopmesh::events::v1::{
@@ -26,6 +27,9 @@ use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use shopmesh_search::{SearchQuery, Sort};
+
+use crate::search::Search;
 use crate::store::{
     Announce, CatalogStore, CategoryRecord, Line, ProductRecord, ProductText, Reservation,
     ReservationState, StockChange, StoreError,
@@ -37,6 +41,7 @@ const EVENT_KIND: &str = "shopmesh.events.v1.ProductEvent";
 
 pub struct CatalogHandler {
     store: Arc<dyn CatalogStore>,
+    search: Arc<Search>,
     /// Product details by id; entries leave when a product event for them arrives.
     details: moka::future::Cache<Uuid, Arc<ProductRecord>>,
     /// The locale of products' own title and description, and the fallback.
@@ -45,9 +50,15 @@ pub struct CatalogHandler {
 }
 
 impl CatalogHandler {
-    pub fn new(store: Arc<dyn CatalogStore>, default_locale: String, relay: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Arc<dyn CatalogStore>,
+        search: Arc<Search>,
+        default_locale: String,
+        relay: Arc<Notify>,
+    ) -> Self {
         Self {
             store,
+            search,
             details: moka::future::Cache::builder()
                 .max_capacity(DETAIL_CACHE_ENTRIES)
                 // A bound on staleness should an event ever be lost.
@@ -346,13 +357,97 @@ impl CatalogService for CatalogHandler {
 
     async fn search_products(
         &self,
-        _request: Request<SearchProductsRequest>,
+        request: Request<SearchProductsRequest>,
     ) -> std::result::Result<Response<SearchProductsResponse>, Status> {
-        Err(Error::unavailable(
-            "SEARCH_UNAVAILABLE",
-            "product search is not available on this catalog replica",
-        )
-        .into())
+        let accepted = locale::accepted(request.metadata());
+        let request = request.into_inner();
+        let sort = match SearchSort::try_from(request.sort).unwrap_or_default() {
+            SearchSort::PriceAsc => Sort::PriceAsc,
+            SearchSort::PriceDesc => Sort::PriceDesc,
+            SearchSort::Rating => Sort::Rating,
+            SearchSort::Newest => Sort::Newest,
+            SearchSort::Relevance | SearchSort::Unspecified => Sort::Relevance,
+        };
+        let query = SearchQuery {
+            q: request.q,
+            locale: accepted
+                .first()
+                .cloned()
+                .unwrap_or_else(|| self.default_locale.clone()),
+            category: Some(request.category).filter(|c| !c.is_empty()),
+            min_price: request.min_price,
+            max_price: request.max_price,
+            in_stock: request.in_stock,
+            min_rating: request.min_rating,
+            attributes: request.attr.into_iter().collect(),
+            sort,
+            page_size: request.page_size.max(0) as usize,
+            page_token: Some(request.page_token).filter(|t| !t.is_empty()),
+        };
+        let results = self.search.search(query).await?;
+        let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
+        let facets = SearchFacets {
+            categories: results
+                .facets
+                .categories
+                .iter()
+                .map(|(id, n)| FacetCount {
+                    value: id.clone(),
+                    label: self.search.category_label(id, &accepted),
+                    count: count(*n),
+                })
+                .collect(),
+            attributes: results
+                .facets
+                .attributes
+                .iter()
+                .map(|(name, values)| AttributeFacet {
+                    name: name.clone(),
+                    values: values
+                        .iter()
+                        .map(|(value, n)| FacetCount {
+                            value: value.clone(),
+                            label: value.clone(),
+                            count: count(*n),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            price_buckets: results
+                .facets
+                .price_buckets
+                .iter()
+                .map(|(min, max, n)| PriceBucket {
+                    min_amount_minor: *min,
+                    max_amount_minor: *max,
+                    count: count(*n),
+                })
+                .collect(),
+        };
+        Ok(Response::new(SearchProductsResponse {
+            results: results
+                .hits
+                .into_iter()
+                .map(|hit| ProductSummary {
+                    id: hit.id,
+                    sku: hit.sku,
+                    title: hit.title,
+                    price: Some(Money {
+                        currency_code: hit.currency,
+                        amount_minor: hit.price_minor,
+                    }),
+                    category_id: hit.category_id,
+                    rating: Some(RatingSummary {
+                        average: hit.rating_average,
+                        count: hit.rating_count,
+                    }),
+                    in_stock: hit.in_stock,
+                })
+                .collect(),
+            facets: Some(facets),
+            total: count(results.total),
+            next_page_token: results.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn create_product(

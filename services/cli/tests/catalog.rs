@@ -330,3 +330,102 @@ async fn the_demo_catalog_lists_and_pages() {
     assert!(categories.json()["categories"].as_array().unwrap().len() >= 10);
     platform.stop().await;
 }
+
+/// Searches through the edge until `check` accepts the answer (the index follows writes
+/// through events), or fails after `patience`.
+async fn search_until(
+    platform: &Platform,
+    query: &str,
+    patience: std::time::Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let answer = http(
+            &platform.edge,
+            "GET",
+            &format!("/v1/products:search?{query}"),
+            &[],
+            b"",
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let body = answer.json();
+        if check(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "search never answered as expected: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn search_tolerates_typos_filters_facets_and_follows_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(
+        dir.path(),
+        &["services.catalog.demo_catalog=true".to_owned()],
+    )
+    .await;
+    let patience = std::time::Duration::from_secs(10);
+    let found = |body: &serde_json::Value| body["total"].as_i64().unwrap_or(0) > 0;
+    let exact = search_until(&platform, "q=kestrel", patience, found).await;
+    // Two letters swapped still finds the brand.
+    let typo = search_until(&platform, "q=kestrle", patience, found).await;
+    assert_eq!(typo["total"], exact["total"]);
+    for hit in typo["results"].as_array().unwrap() {
+        assert!(hit["title"].as_str().unwrap().contains("Kestrel"), "{hit}");
+    }
+    assert!(!typo["facets"]["categories"].as_array().unwrap().is_empty());
+    assert!(typo["facets"]["categories"][0]["label"].as_str().is_some());
+
+    let ranged = search_until(
+        &platform,
+        "min_price=1000&max_price=5000&page_size=100",
+        patience,
+        found,
+    )
+    .await;
+    for hit in ranged["results"].as_array().unwrap() {
+        let price: i64 = hit["price"]["amount_minor"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1000..=5000).contains(&price), "{price}");
+    }
+    let bad = http(
+        &platform.edge,
+        "GET",
+        "/v1/products:search?min_price=9&max_price=1",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // An administrator's rename reaches search through the product events.
+    let token = admin(&platform).await;
+    let id = exact["results"][0]["id"].as_str().unwrap().to_owned();
+    let renamed = http(
+        &platform.edge,
+        "PATCH",
+        &format!("/v1/products/{id}"),
+        &[("authorization", &token)],
+        &serde_json::to_vec(&serde_json::json!({"title": "Zephyrine travel kettle"})).unwrap(),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let after = search_until(
+        &platform,
+        "q=zephyrine",
+        std::time::Duration::from_secs(3),
+        found,
+    )
+    .await;
+    assert_eq!(after["results"][0]["id"], id.as_str());
+    platform.stop().await;
+}
