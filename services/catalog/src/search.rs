@@ -133,10 +133,17 @@ impl Search {
         let Some(category) = Uuid::parse_str(id).ok().and_then(|id| categories.get(&id)) else {
             return id.to_owned();
         };
-        shopmesh_kit::locale::best(accepted, category.translations.keys().map(String::as_str))
-            .and_then(|chosen| category.translations.get(chosen))
-            .cloned()
-            .unwrap_or_else(|| category.name.clone())
+        shopmesh_kit::locale::best(
+            accepted,
+            category
+                .translations
+                .keys()
+                .map(String::as_str)
+                .chain(std::iter::once(self.default_locale.as_str())),
+        )
+        .and_then(|chosen| category.translations.get(chosen))
+        .cloned()
+        .unwrap_or_else(|| category.name.clone())
     }
 
     /// The category path (root first) of `category`.

@@ -9,7 +9,11 @@ use shopmesh_proto::shopmesh::catalog::v1::{
 };
 use shopmesh_proto::shopmesh::common::v1::Money;
 
+use shopmesh_kit::clock::now_ms;
+use uuid::Uuid;
+
 use crate::service::CatalogHandler;
+use crate::store::{CategoryRecord, ProductRecord, ProductText, StoreError};
 
 /// A word in English, German and French.
 type Word = [&'static str; 3];
@@ -319,4 +323,107 @@ fn product(dice: &mut Dice, noun: &Word, category_id: &str, serial: usize) -> Cr
             ),
         ]),
     }
+}
+
+/// Adds `count` generated products (and their categories) for benchmarks, through the same
+/// writes and events as the API. Products whose SKU exists are skipped, so a repeated run adds
+/// nothing. Calls `progress(done)` as it goes; returns how many products it added.
+pub async fn generated(
+    handler: &CatalogHandler,
+    count: u64,
+    seed: u64,
+    mut progress: impl FnMut(u64),
+) -> anyhow::Result<u64> {
+    let catalog = shopmesh_search::generate::Catalog::new(seed);
+    let existing = handler.store().categories().await?;
+    for category in catalog.categories() {
+        let id = Uuid::parse_str(&category.id)?;
+        if existing.iter().any(|c| c.id == id) {
+            continue;
+        }
+        let english = category.names.get("en").cloned().unwrap_or_default();
+        let record = CategoryRecord {
+            id,
+            parent_id: category
+                .parent_id
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()?,
+            slug: format!("{}-{}", slug(&english), &category.id[..8]),
+            name: english,
+            translations: category
+                .names
+                .iter()
+                .filter(|(locale, _)| locale.as_str() != "en")
+                .map(|(l, n)| (l.clone(), n.clone()))
+                .collect(),
+            position: 0,
+        };
+        match handler.store().create_category(&record).await {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let mut added = 0;
+    for (n, product) in catalog.products(count).enumerate() {
+        let default = product.default_locale.clone();
+        let now = now_ms();
+        let record = ProductRecord {
+            id: Uuid::parse_str(&product.id)?,
+            sku: product.sku,
+            category_id: product
+                .category_path
+                .last()
+                .map(|id| Uuid::parse_str(id))
+                .transpose()?,
+            currency: product.currency,
+            amount_minor: product.price_minor,
+            stock: product.stock,
+            rating_average: product.rating_average,
+            rating_count: product.rating_count,
+            text: ProductText {
+                title: product.titles.get(&default).cloned().unwrap_or_default(),
+                description: product
+                    .descriptions
+                    .get(&default)
+                    .cloned()
+                    .unwrap_or_default(),
+                attributes: product.attributes,
+                translations: product
+                    .titles
+                    .iter()
+                    .filter(|(locale, _)| **locale != default)
+                    .map(|(locale, title)| {
+                        let description = product
+                            .descriptions
+                            .get(locale)
+                            .cloned()
+                            .unwrap_or_default();
+                        (locale.clone(), (title.clone(), description))
+                    })
+                    .collect(),
+            },
+            created_at_ms: now,
+            updated_at_ms: now,
+            version: 1,
+        };
+        if handler.import(record).await? {
+            added += 1;
+        }
+        progress(n as u64 + 1);
+    }
+    Ok(added)
+}
+
+/// `Running shoes` → `running-shoes`.
+fn slug(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    slug.trim_end_matches('-').to_owned()
 }

@@ -41,7 +41,8 @@ const EVENT_KIND: &str = "shopmesh.events.v1.ProductEvent";
 
 pub struct CatalogHandler {
     store: Arc<dyn CatalogStore>,
-    search: Arc<Search>,
+    /// The replica's index; `None` in tools that only write.
+    search: Option<Arc<Search>>,
     /// Product details by id; entries leave when a product event for them arrives.
     details: moka::future::Cache<Uuid, Arc<ProductRecord>>,
     /// The locale of products' own title and description, and the fallback.
@@ -52,7 +53,7 @@ pub struct CatalogHandler {
 impl CatalogHandler {
     pub fn new(
         store: Arc<dyn CatalogStore>,
-        search: Arc<Search>,
+        search: Option<Arc<Search>>,
         default_locale: String,
         relay: Arc<Notify>,
     ) -> Self {
@@ -169,6 +170,20 @@ impl CatalogHandler {
         Ok(self.view(&record, &[]))
     }
 
+    /// Stores a product made outside the API (`shopmesh seed`), with its event; `false` when
+    /// its SKU exists already.
+    pub async fn import(&self, record: ProductRecord) -> Result<bool> {
+        let event = self.changed(&record);
+        match self.store.create_product(&record, &event).await {
+            Ok(()) => {
+                self.relay.notify_one();
+                Ok(true)
+            }
+            Err(StoreError::Conflict) => Ok(false),
+            Err(other) => Err(storage(other)),
+        }
+    }
+
     /// A product as the API shows it, in the best of the caller's languages.
     fn view(&self, record: &ProductRecord, accepted: &[String]) -> Product {
         let text = &record.text;
@@ -247,10 +262,18 @@ impl CatalogHandler {
     }
 
     fn category_view(&self, record: &CategoryRecord, accepted: &[String]) -> Category {
-        let name = locale::best(accepted, record.translations.keys().map(String::as_str))
-            .and_then(|chosen| record.translations.get(chosen))
-            .cloned()
-            .unwrap_or_else(|| record.name.clone());
+        // The category's own name is in the default locale, which competes like a translation.
+        let name = locale::best(
+            accepted,
+            record
+                .translations
+                .keys()
+                .map(String::as_str)
+                .chain(std::iter::once(self.default_locale.as_str())),
+        )
+        .and_then(|chosen| record.translations.get(chosen))
+        .cloned()
+        .unwrap_or_else(|| record.name.clone());
         Category {
             id: record.id.to_string(),
             parent_id: record.parent_id.map(|p| p.to_string()).unwrap_or_default(),
@@ -295,7 +318,26 @@ impl CatalogService for CatalogHandler {
         request: Request<ListCategoriesRequest>,
     ) -> std::result::Result<Response<ListCategoriesResponse>, Status> {
         let accepted = locale::accepted(request.metadata());
-        let categories = self.store.categories().await.map_err(storage)?;
+        let mut categories = self.store.categories().await.map_err(storage)?;
+        // Parents before their children: by depth, then as stored (position, name).
+        let depth = |category: &CategoryRecord| {
+            let mut depth = 0;
+            let mut parent = category.parent_id;
+            while let Some(id) = parent
+                && depth < 32
+            {
+                depth += 1;
+                parent = categories
+                    .iter()
+                    .find(|c| c.id == id)
+                    .and_then(|c| c.parent_id);
+            }
+            depth
+        };
+        let depths: Vec<usize> = categories.iter().map(depth).collect();
+        let mut order: Vec<usize> = (0..categories.len()).collect();
+        order.sort_by_key(|&i| depths[i]);
+        categories = order.into_iter().map(|i| categories[i].clone()).collect();
         Ok(Response::new(ListCategoriesResponse {
             categories: categories
                 .iter()
@@ -359,6 +401,12 @@ impl CatalogService for CatalogHandler {
         &self,
         request: Request<SearchProductsRequest>,
     ) -> std::result::Result<Response<SearchProductsResponse>, Status> {
+        let search = self.search.as_ref().ok_or_else(|| {
+            Error::unavailable(
+                "SEARCH_UNAVAILABLE",
+                "this catalog process has no search index",
+            )
+        })?;
         let accepted = locale::accepted(request.metadata());
         let request = request.into_inner();
         let sort = match SearchSort::try_from(request.sort).unwrap_or_default() {
@@ -384,7 +432,7 @@ impl CatalogService for CatalogHandler {
             page_size: request.page_size.max(0) as usize,
             page_token: Some(request.page_token).filter(|t| !t.is_empty()),
         };
-        let results = self.search.search(query).await?;
+        let results = search.search(query).await?;
         let count = |n: u64| i32::try_from(n).unwrap_or(i32::MAX);
         let facets = SearchFacets {
             categories: results
@@ -393,7 +441,7 @@ impl CatalogService for CatalogHandler {
                 .iter()
                 .map(|(id, n)| FacetCount {
                     value: id.clone(),
-                    label: self.search.category_label(id, &accepted),
+                    label: search.category_label(id, &accepted),
                     count: count(*n),
                 })
                 .collect(),
@@ -588,8 +636,8 @@ impl CatalogService for CatalogHandler {
                     if let Some(parent) = parent
                         && self.subtree(id).await?.contains(&parent)
                     {
-                        return Err(Error::invalid_field(
-                            "category.parent_id",
+                        return Err(Error::failed_precondition(
+                            "CATEGORY_CYCLE",
                             "a category cannot move below itself",
                         )
                         .into());
@@ -686,7 +734,13 @@ impl CatalogService for CatalogHandler {
             .store
             .reserve(order_id, &lines, now_ms(), self.announce())
             .await
-            .map_err(storage)?;
+            .map_err(|error| match error {
+                StoreError::Conflict => Error::already_exists(
+                    "RESERVATION_EXISTS",
+                    "the order already has a reservation with other lines",
+                ),
+                other => storage(other),
+            })?;
         self.relay.notify_one();
         Ok(Response::new(reservation_view(&reservation)))
     }
@@ -712,11 +766,17 @@ impl CatalogService for CatalogHandler {
         request: Request<CommitStockRequest>,
     ) -> std::result::Result<Response<StockReservation>, Status> {
         let order_id = parse_id("order_id", &request.into_inner().order_id)?;
-        let reservation = self
-            .store
-            .commit(order_id, now_ms())
-            .await
-            .map_err(storage)?;
+        let reservation =
+            self.store
+                .commit(order_id, now_ms())
+                .await
+                .map_err(|error| match error {
+                    StoreError::NotFound => Error::failed_precondition(
+                        "NO_RESERVATION",
+                        "the order has no reservation to commit",
+                    ),
+                    other => storage(other),
+                })?;
         Ok(Response::new(reservation_view(&reservation)))
     }
 }

@@ -141,7 +141,7 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> Result<Vec<ProductRecord>, StoreError>;
 
     /// Reserves every line or none. Idempotent per order: the recorded reservation comes back
-    /// unchanged; other lines for the same order are a [`StoreError::Precondition`]. A
+    /// unchanged; other lines for the same order are a [`StoreError::Conflict`]. A
     /// reservation after a release stays released. Every stock change is announced with the
     /// event `announce` makes for it, written with the change.
     async fn reserve(

@@ -260,7 +260,7 @@ async fn reservations_are_all_or_nothing_and_idempotent((store, _keep): Subject)
                 announce()
             )
             .await,
-        Err(StoreError::Precondition(_))
+        Err(StoreError::Conflict)
     ));
 
     let committed = store.commit(order, 5).await.unwrap();

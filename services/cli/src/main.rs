@@ -42,6 +42,18 @@ enum Command {
     /// Token-signing key administration.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Add generated products (and their categories) to the catalog, for benchmarks. Products
+    /// that exist already are skipped, so a repeated run adds nothing.
+    Seed {
+        /// How many products.
+        #[arg(long, value_name = "N")]
+        products: u64,
+        /// Another seed gives another catalog.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +131,30 @@ fn main() -> ExitCode {
             );
             println!("password: {password}");
             println!("It is shown only this once; change it after the first login.");
+            Ok(())
+        }),
+        Command::Seed {
+            products,
+            seed,
+            target,
+        } => tool(target, &shopmesh_catalog::Catalog, |context| async move {
+            let started = std::time::Instant::now();
+            let mut shown = 0;
+            let added = shopmesh_catalog::seed_generated(&context, products, seed, |done| {
+                // A progress line per percent (at most a hundred lines).
+                let percent = done * 100 / products.max(1);
+                if percent > shown || done == products {
+                    shown = percent;
+                    eprint!("\r  {done}/{products} products ({percent} %)");
+                }
+            })
+            .await?;
+            eprintln!();
+            context.finish().await;
+            println!(
+                "added {added} of {products} products in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }),
         Command::Auth(AuthCommand::RotateKeys { target }) => {

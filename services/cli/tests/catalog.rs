@@ -429,3 +429,37 @@ async fn search_tolerates_typos_filters_facets_and_follows_updates() {
     assert_eq!(after["results"][0]["id"], id.as_str());
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn seeding_adds_generated_products_that_search_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(dir.path(), &[]).await;
+    let seed = |count: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+            .args(["seed", "--products", count, "--data-dir"])
+            .arg(dir.path())
+            .args(["--set", "log.level=\"warn\""])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(seed("60").starts_with("added 60 of 60 products"));
+    assert!(
+        seed("60").starts_with("added 0 of 60 products"),
+        "a second run adds nothing"
+    );
+    let listed = search_until(
+        &platform,
+        "page_size=100",
+        std::time::Duration::from_secs(10),
+        |body| body["total"].as_i64() == Some(60),
+    )
+    .await;
+    assert_eq!(listed["results"].as_array().unwrap().len(), 60);
+    platform.stop().await;
+}

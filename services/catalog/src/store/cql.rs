@@ -600,9 +600,7 @@ impl CatalogStore for CqlCatalog {
                 Ok(Some(existing))
                     if existing.state != ReservationState::Released && existing.lines != lines =>
                 {
-                    Err(StoreError::Precondition(
-                        "the order already has a reservation with other lines".into(),
-                    ))
+                    Err(StoreError::Conflict)
                 }
                 Ok(Some(existing)) => Ok(existing),
                 Ok(None) => Err(StoreError::NotFound),

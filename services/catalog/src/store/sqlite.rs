@@ -389,9 +389,7 @@ impl CatalogStore for SqliteCatalog {
             .write(move |tx| {
                 if let Some(existing) = reservation(tx, order_id)? {
                     if existing.state != ReservationState::Released && existing.lines != lines {
-                        return Err(StoreError::Precondition(
-                            "the order already has a reservation with other lines".into(),
-                        ));
+                        return Err(StoreError::Conflict);
                     }
                     return Ok(existing);
                 }
