@@ -28,6 +28,9 @@ use crate::routes::{Miss, Route, Router};
 use crate::transcode::{request_message, response_json, status_json};
 use crate::upstream::Upstreams;
 
+/// The longest value of a declared header without a limit of its own.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+
 /// Browsers keep to HTTPS for a year once they have seen it.
 const HSTS: &str = "max-age=31536000; includeSubDomains";
 
@@ -127,9 +130,7 @@ impl Gateway {
             }
         };
         state.route = Some(route.template.to_string());
-        if route.method.is_server_streaming()
-            || route.method.input().full_name() == "google.api.HttpBody"
-        {
+        if route.method.is_server_streaming() {
             return Reply::status(&Status::unimplemented(
                 "this route is not served over REST yet; use gRPC",
             ));
@@ -158,14 +159,27 @@ impl Gateway {
             Ok(body) => body,
             Err(reply) => return reply,
         };
-        let message = match request_message(route, &bindings, query.as_deref(), &body) {
-            Ok(message) => message,
-            Err(violations) => return Reply::status(&invalid_argument(&violations)),
+        let declared = match declared_headers(session, route) {
+            Ok(declared) => declared,
+            Err(status) => return Reply::status(&status),
         };
+        let content_type = session
+            .get_header(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let message =
+            match request_message(route, &bindings, query.as_deref(), &body, &content_type) {
+                Ok(message) => message,
+                Err(violations) => return Reply::status(&invalid_argument(&violations)),
+            };
         if let Err(violations) = validate(&message) {
             return Reply::status(&invalid_argument(&violations));
         }
-        let metadata = forwarded_metadata(session, authorization.as_ref());
+        let mut metadata = forwarded_metadata(session, authorization.as_ref());
+        for (name, value) in declared {
+            metadata.insert(name, value);
+        }
         let call = context.scope(self.upstreams.call(route, message, metadata));
         match call.await {
             Ok(response) => {
@@ -397,6 +411,49 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
+}
+
+/// The values of the headers `route` declares, checked: a missing required one or one over its
+/// length is a `400` naming it.
+fn declared_headers(
+    session: &Session,
+    route: &Route,
+) -> Result<
+    Vec<(
+        tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
+    Status,
+> {
+    let mut found = Vec::new();
+    for declared in &route.headers {
+        let invalid = |description: String| {
+            invalid_argument(&[shopmesh_proto::validate::Violation {
+                field: declared.name.clone(),
+                description,
+            }])
+        };
+        let Some(value) = session.get_header(declared.name.as_str()) else {
+            if declared.required {
+                return Err(invalid("this header is required".into()));
+            }
+            continue;
+        };
+        let limit = if declared.max_len == 0 {
+            MAX_HEADER_BYTES
+        } else {
+            declared.max_len
+        };
+        if value.len() > limit {
+            return Err(invalid(format!("longer than {limit} bytes")));
+        }
+        let key = tonic::metadata::MetadataKey::from_bytes(declared.name.as_bytes())
+            .map_err(|_| invalid("not a valid header name".into()))?;
+        let value = MetadataValue::try_from(value.as_bytes())
+            .map_err(|_| invalid("not a valid header value".into()))?;
+        found.push((key, value));
+    }
+    Ok(found)
 }
 
 /// Reads the body, refusing it with `413` beyond `limit` bytes.

@@ -60,6 +60,17 @@ fn operation(route: &Route, schemas: &mut Schemas) -> Value {
             })
         })
         .collect();
+    parameters.extend(route.headers.iter().map(|header| {
+        json!({
+            "name": header.name, "in": "header", "required": header.required,
+            "schema": if header.max_len > 0 {
+                json!({"type": "string", "maxLength": header.max_len})
+            } else {
+                json!({"type": "string"})
+            },
+            "description": header.description,
+        })
+    }));
     let body_field = match &route.body {
         Body::Field(field) => Some(field.clone()),
         _ => None,
@@ -101,6 +112,9 @@ fn operation(route: &Route, schemas: &mut Schemas) -> Value {
     });
     let request_schema = match &route.body {
         Body::None => None,
+        _ if input.full_name() == crate::transcode::HTTP_BODY => {
+            Some(json!({"description": "The raw body, passed on byte for byte."}))
+        }
         Body::Whole => Some(schemas.reference(&input)),
         Body::Field(field) => input.get_field_by_name(field).map(|f| schemas.field(&f)),
     };

@@ -39,6 +39,19 @@ pub struct Route {
     pub success_status: u16,
     /// The rate-limit class (`shopmesh.options.v1.RateClass` number).
     pub rate_class: i32,
+    /// Request headers the route reads, forwarded as metadata.
+    pub headers: Vec<RouteHeader>,
+}
+
+/// A request header a route declares (`shopmesh.options.v1.Header`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteHeader {
+    /// Lower case; also the metadata key.
+    pub name: String,
+    pub required: bool,
+    /// Longest accepted value in bytes; 0 for the edge's general limit.
+    pub max_len: usize,
+    pub description: String,
 }
 
 /// The outcome of routing a request that has no route.
@@ -77,7 +90,7 @@ impl Router {
                 if access == Access::Internal {
                     continue;
                 }
-                let (success_status, rate_class) = route_option
+                let (success_status, rate_class, headers) = route_option
                     .as_ref()
                     .filter(|option| options.has_extension(option))
                     .and_then(|option| {
@@ -93,9 +106,10 @@ impl Router {
                                 .get_field_by_name("rate_class")
                                 .and_then(|v| v.as_enum_number())
                                 .unwrap_or(0),
+                            declared_headers(route),
                         ))
                     })
-                    .unwrap_or((200, 0));
+                    .unwrap_or((200, 0, Vec::new()));
                 let value = options.get_extension(&http_rule);
                 let Some(rule) = value.as_message() else {
                     continue;
@@ -128,6 +142,7 @@ impl Router {
                         access: access.clone(),
                         success_status,
                         rate_class,
+                        headers: headers.clone(),
                     });
                 }
             }
@@ -162,6 +177,29 @@ impl Router {
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
+}
+
+fn declared_headers(route: &DynamicMessage) -> Vec<RouteHeader> {
+    let Some(Value::List(headers)) = route.get_field_by_name("headers").as_deref().cloned() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter_map(|header| header.as_message())
+        .map(|header| RouteHeader {
+            name: string_field(header, "name").to_ascii_lowercase(),
+            required: header
+                .get_field_by_name("required")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            max_len: header
+                .get_field_by_name("max_len")
+                .and_then(|v| v.as_u32())
+                .unwrap_or(0) as usize,
+            description: string_field(header, "description"),
+        })
+        .filter(|header| !header.name.is_empty())
+        .collect()
 }
 
 /// `shopmesh.users.v1` → `users`: the service a package belongs to.
@@ -247,6 +285,19 @@ mod tests {
             router.find(&Method::DELETE, "/v1/users/me").unwrap_err(),
             Miss::MethodNotAllowed(vec![Method::GET, Method::PATCH])
         );
+    }
+
+    #[test]
+    fn declared_headers_come_with_their_routes() {
+        let router = router();
+        let (route, _) = router.find(&Method::POST, "/v1/webhooks/stripe").unwrap();
+        let signature = route
+            .headers
+            .iter()
+            .find(|h| h.name == "stripe-signature")
+            .expect("the webhook declares its signature header");
+        assert!(signature.required);
+        assert_eq!(signature.max_len, 2048);
     }
 
     #[test]

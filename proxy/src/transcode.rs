@@ -15,14 +15,25 @@ use tonic_types::StatusExt;
 use crate::routes::{Body, Route};
 use crate::template::Bindings;
 
-/// Builds the request message of `route`.
+/// The full name of the message that carries a raw body and its content type.
+pub const HTTP_BODY: &str = "google.api.HttpBody";
+
+/// Builds the request message of `route`. A method taking `google.api.HttpBody` gets the body
+/// bytes untouched (a webhook's signature covers the exact bytes) and `content_type`.
 pub fn request_message(
     route: &Route,
     bindings: &Bindings,
     query: Option<&str>,
     body: &[u8],
+    content_type: &str,
 ) -> Result<DynamicMessage, Vec<Violation>> {
     let descriptor = route.method.input();
+    if descriptor.full_name() == HTTP_BODY {
+        let mut message = DynamicMessage::new(descriptor);
+        message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
+        message.set_field_by_name("data", Value::Bytes(body.to_vec().into()));
+        return Ok(message);
+    }
     let mut message = match &route.body {
         Body::Whole if !body.is_empty() => from_json(descriptor.clone(), body, "")?,
         Body::Field(field) if !body.is_empty() => {
@@ -390,7 +401,7 @@ mod tests {
             None => (path_and_query, None),
         };
         let (route, bindings) = router.find(&method, path).unwrap();
-        request_message(route, &bindings, query, body.as_bytes())
+        request_message(route, &bindings, query, body.as_bytes(), "application/json")
     }
 
     fn json(message: &DynamicMessage) -> serde_json::Value {
@@ -402,6 +413,20 @@ mod tests {
             )
             .unwrap();
         serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn raw_bodies_reach_http_body_methods_byte_for_byte() {
+        let router = Router::from_descriptors(descriptors()).unwrap();
+        let (route, bindings) = router.find(&Method::POST, "/v1/webhooks/stripe").unwrap();
+        let raw = br#"{"id": "evt_1",  "type":"x"}"#;
+        let message = request_message(route, &bindings, None, raw, "application/json").unwrap();
+        let data = message.get_field_by_name("data").unwrap();
+        assert_eq!(data.as_bytes().unwrap().as_ref(), raw);
+        assert_eq!(
+            message.get_field_by_name("content_type").unwrap().as_str(),
+            Some("application/json")
+        );
     }
 
     #[test]

@@ -75,7 +75,7 @@ proptest! {
         body in bodies(),
     ) {
         if let Ok((route, bindings)) = router().find(&method, &path) {
-            match request_message(route, &bindings, query.as_deref(), &body) {
+            match request_message(route, &bindings, query.as_deref(), &body, "application/json") {
                 Ok(message) => {
                     let _ = validate(&message);
                 }
