@@ -413,18 +413,15 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// A declared header on its way to the service, as metadata.
+type Forwarded = (
+    tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
+    MetadataValue<tonic::metadata::Ascii>,
+);
+
 /// The values of the headers `route` declares, checked: a missing required one or one over its
 /// length is a `400` naming it.
-fn declared_headers(
-    session: &Session,
-    route: &Route,
-) -> Result<
-    Vec<(
-        tonic::metadata::MetadataKey<tonic::metadata::Ascii>,
-        MetadataValue<tonic::metadata::Ascii>,
-    )>,
-    Status,
-> {
+fn declared_headers(session: &Session, route: &Route) -> Result<Vec<Forwarded>, Status> {
     let mut found = Vec::new();
     for declared in &route.headers {
         let invalid = |description: String| {
