@@ -20,6 +20,12 @@ pub struct EdgeConfig {
     /// How long a request may wait for its service.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a client may stall while sending its body or reading the answer (slow-client
+    /// protection); a stalled body gets `408`.
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// Largest request head (path and headers) accepted; larger ones get `431`.
+    pub max_header_bytes: usize,
     pub limits: LimitsConfig,
     pub cors: CorsConfig,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate; plain HTTP without.
@@ -84,6 +90,8 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             timeout: Duration::from_secs(15),
+            client_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
             tls: None,
@@ -101,6 +109,15 @@ impl Validate for EdgeConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::invalid("timeout", "must be positive"));
+        }
+        if self.client_timeout.is_zero() {
+            return Err(ConfigError::invalid("client_timeout", "must be positive"));
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "max_header_bytes",
+                "must be between 1 KiB and 1 MiB",
+            ));
         }
         self.limits.validate()?;
         if let Some(bad) = self

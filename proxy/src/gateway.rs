@@ -48,7 +48,9 @@ pub struct Gateway {
     /// Whether clients connect over TLS (then answers carry `Strict-Transport-Security`).
     pub tls: bool,
     pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
     pub timeout: Duration,
+    pub client_timeout: Duration,
 }
 
 /// Per-request state, for the access log and the passthrough target.
@@ -316,6 +318,25 @@ impl ProxyHttp for Gateway {
         state: &mut RequestState,
     ) -> pingora::Result<bool> {
         state.started = Some(Instant::now());
+        // A client that stalls while sending or reading holds a connection for at most this.
+        session.set_read_timeout(Some(self.client_timeout));
+        session.set_write_timeout(Some(self.client_timeout));
+        let head = session.req_header();
+        let head_bytes = head.uri.to_string().len()
+            + head
+                .headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum::<usize>();
+        if head_bytes > self.max_header_bytes {
+            let mut reply = Reply::status(&Status::invalid_argument(format!(
+                "the request head is larger than {} bytes",
+                self.max_header_bytes
+            )));
+            reply.status = 431;
+            write_reply(session, reply, &state.request_id).await?;
+            return Ok(true);
+        }
         // gRPC proper only: gRPC-Web (`application/grpc-web`) is not spoken by the services.
         let is_grpc = session
             .get_header(header::CONTENT_TYPE)
@@ -479,6 +500,13 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
+            Err(error) if matches!(error.etype(), pingora::ErrorType::ReadTimedout) => {
+                let mut reply = Reply::status(&Status::deadline_exceeded(
+                    "the request body stalled; send it faster",
+                ));
+                reply.status = 408;
+                return Err(reply);
+            }
             Err(_) => {
                 return Err(Reply::status(&Status::invalid_argument(
                     "the request body could not be read",

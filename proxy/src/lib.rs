@@ -78,7 +78,9 @@ impl Service for Edge {
             openapi,
             tls: config.tls.is_some(),
             max_body_bytes: config.max_body_bytes,
+            max_header_bytes: config.max_header_bytes,
             timeout: config.timeout,
+            client_timeout: config.client_timeout,
         };
         if let Some(tls) = &config.tls {
             tls.check()?;

@@ -391,3 +391,44 @@ async fn declared_headers_are_required_and_bounded() {
     assert_eq!(passed.status, 503, "{passed:?}");
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_heads_and_stalled_bodies_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let platform = support::Platform::start(
+        dir.path(),
+        &["services.edge.client_timeout=\"1s\"".to_owned()],
+    )
+    .await;
+    let big = "x".repeat(20 * 1024);
+    let too_big = http(
+        &platform.edge,
+        "GET",
+        "/v1/categories",
+        &[("x-padding", &big)],
+        b"",
+    )
+    .await;
+    assert_eq!(too_big.status, 431);
+
+    // Headers promise 100 bytes of body, 10 arrive, then nothing.
+    let address = platform.edge.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the edge gives up on a stalled client");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    platform.stop().await;
+}
