@@ -78,6 +78,13 @@ impl Reply {
         }
     }
 
+    /// The same answer with another HTTP status (405, 413, 431, 408 have no gRPC code of their
+    /// own).
+    fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
     /// A failure as a `google.rpc.Status` body with the HTTP status grpc-gateway uses.
     fn status(status: &Status) -> Self {
         let mut reply = Self::json(http_status(status.code()), status_json(status));
@@ -124,8 +131,8 @@ impl Gateway {
             Err(Miss::MethodNotAllowed(allowed)) => {
                 let mut reply = Reply::status(&Status::unimplemented(format!(
                     "{method} is not allowed on {path}"
-                )));
-                reply.status = 405;
+                )))
+                .with_status(405);
                 let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
                 reply.headers.push((header::ALLOW, allowed.join(", ")));
                 return reply;
@@ -215,11 +222,10 @@ impl Gateway {
             _ => None,
         };
         let Some((origin, methods)) = allowed else {
-            let mut reply = Reply::status(&Status::permission_denied(
+            return Reply::status(&Status::permission_denied(
                 "cross-origin requests from this origin are not allowed",
-            ));
-            reply.status = 403;
-            return reply;
+            ))
+            .with_status(403);
         };
         let methods: Vec<&str> = methods.iter().map(Method::as_str).collect();
         Reply {
@@ -322,18 +328,18 @@ impl ProxyHttp for Gateway {
         session.set_read_timeout(Some(self.client_timeout));
         session.set_write_timeout(Some(self.client_timeout));
         let head = session.req_header();
-        let head_bytes = head.uri.to_string().len()
+        let head_bytes = head.uri.path_and_query().map_or(0, |p| p.as_str().len())
             + head
                 .headers
                 .iter()
                 .map(|(name, value)| name.as_str().len() + value.len() + 4)
                 .sum::<usize>();
         if head_bytes > self.max_header_bytes {
-            let mut reply = Reply::status(&Status::invalid_argument(format!(
+            let reply = Reply::status(&Status::invalid_argument(format!(
                 "the request head is larger than {} bytes",
                 self.max_header_bytes
-            )));
-            reply.status = 431;
+            )))
+            .with_status(431);
             write_reply(session, reply, &state.request_id).await?;
             return Ok(true);
         }
@@ -481,11 +487,10 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let too_large = || {
-        let mut reply = Reply::status(&Status::invalid_argument(format!(
+        Reply::status(&Status::invalid_argument(format!(
             "the body is larger than {limit} bytes"
-        )));
-        reply.status = 413;
-        reply
+        )))
+        .with_status(413)
     };
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
@@ -501,11 +506,10 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply
             }
             Ok(None) => return Ok(body),
             Err(error) if matches!(error.etype(), pingora::ErrorType::ReadTimedout) => {
-                let mut reply = Reply::status(&Status::deadline_exceeded(
+                return Err(Reply::status(&Status::deadline_exceeded(
                     "the request body stalled; send it faster",
-                ));
-                reply.status = 408;
-                return Err(reply);
+                ))
+                .with_status(408));
             }
             Err(_) => {
                 return Err(Reply::status(&Status::invalid_argument(

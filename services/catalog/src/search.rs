@@ -133,17 +133,7 @@ impl Search {
         let Some(category) = Uuid::parse_str(id).ok().and_then(|id| categories.get(&id)) else {
             return id.to_owned();
         };
-        shopmesh_kit::locale::best(
-            accepted,
-            category
-                .translations
-                .keys()
-                .map(String::as_str)
-                .chain(std::iter::once(self.default_locale.as_str())),
-        )
-        .and_then(|chosen| category.translations.get(chosen))
-        .cloned()
-        .unwrap_or_else(|| category.name.clone())
+        category.name_in(accepted, &self.default_locale)
     }
 
     /// The category path (root first) of `category`.
@@ -162,15 +152,31 @@ impl Search {
         path
     }
 
-    fn document_of_record(&self, record: &ProductRecord) -> IndexedProduct {
-        let text = &record.text;
-        let mut titles = BTreeMap::from([(self.default_locale.clone(), text.title.clone())]);
+    /// Titles and descriptions by locale: the original under the default locale, then each
+    /// translation.
+    fn by_locale<'a>(
+        &self,
+        title: &str,
+        description: &str,
+        translations: impl Iterator<Item = (&'a String, &'a String, &'a String)>,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+        let mut titles = BTreeMap::from([(self.default_locale.clone(), title.to_owned())]);
         let mut descriptions =
-            BTreeMap::from([(self.default_locale.clone(), text.description.clone())]);
-        for (locale, (title, description)) in &text.translations {
+            BTreeMap::from([(self.default_locale.clone(), description.to_owned())]);
+        for (locale, title, description) in translations {
             titles.insert(locale.clone(), title.clone());
             descriptions.insert(locale.clone(), description.clone());
         }
+        (titles, descriptions)
+    }
+
+    fn document_of_record(&self, record: &ProductRecord) -> IndexedProduct {
+        let text = &record.text;
+        let (titles, descriptions) = self.by_locale(
+            &text.title,
+            &text.description,
+            text.translations.iter().map(|(l, (t, d))| (l, t, d)),
+        );
         IndexedProduct {
             id: record.id.to_string(),
             sku: record.sku.clone(),
@@ -205,13 +211,14 @@ impl Search {
         {
             self.refresh_categories().await.map_err(error_of)?;
         }
-        let mut titles = BTreeMap::from([(self.default_locale.clone(), product.title.clone())]);
-        let mut descriptions =
-            BTreeMap::from([(self.default_locale.clone(), product.description.clone())]);
-        for (locale, translation) in &product.translations {
-            titles.insert(locale.clone(), translation.title.clone());
-            descriptions.insert(locale.clone(), translation.description.clone());
-        }
+        let (titles, descriptions) = self.by_locale(
+            &product.title,
+            &product.description,
+            product
+                .translations
+                .iter()
+                .map(|(l, t)| (l, &t.title, &t.description)),
+        );
         let price = product.price.clone().unwrap_or_default();
         let rating = product.rating.unwrap_or_default();
         Ok(IndexedProduct {

@@ -187,20 +187,11 @@ impl CatalogHandler {
     /// A product as the API shows it, in the best of the caller's languages.
     fn view(&self, record: &ProductRecord, accepted: &[String]) -> Product {
         let text = &record.text;
-        let chosen = locale::best(
-            accepted,
-            text.translations
-                .keys()
-                .map(String::as_str)
-                .chain(std::iter::once(self.default_locale.as_str())),
-        )
-        .unwrap_or(&self.default_locale);
-        let (title, description) = match text.translations.get(chosen) {
-            Some((title, description)) if chosen != self.default_locale => {
-                (title.clone(), description.clone())
-            }
-            _ => (text.title.clone(), text.description.clone()),
-        };
+        let (chosen, translation) =
+            locale::choose(accepted, &self.default_locale, &text.translations);
+        let (title, description) = translation
+            .cloned()
+            .unwrap_or_else(|| (text.title.clone(), text.description.clone()));
         Product {
             id: record.id.to_string(),
             sku: record.sku.clone(),
@@ -262,23 +253,11 @@ impl CatalogHandler {
     }
 
     fn category_view(&self, record: &CategoryRecord, accepted: &[String]) -> Category {
-        // The category's own name is in the default locale, which competes like a translation.
-        let name = locale::best(
-            accepted,
-            record
-                .translations
-                .keys()
-                .map(String::as_str)
-                .chain(std::iter::once(self.default_locale.as_str())),
-        )
-        .and_then(|chosen| record.translations.get(chosen))
-        .cloned()
-        .unwrap_or_else(|| record.name.clone());
         Category {
             id: record.id.to_string(),
             parent_id: record.parent_id.map(|p| p.to_string()).unwrap_or_default(),
             slug: record.slug.clone(),
-            name,
+            name: record.name_in(accepted, &self.default_locale),
             translations: record.translations.clone().into_iter().collect(),
             position: record.position,
         }

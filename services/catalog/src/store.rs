@@ -27,6 +27,16 @@ pub struct CategoryRecord {
     pub position: i32,
 }
 
+impl CategoryRecord {
+    /// The name in the best of `accepted`, the original being in `default_locale`.
+    pub fn name_in(&self, accepted: &[String], default_locale: &str) -> String {
+        shopmesh_kit::locale::choose(accepted, default_locale, &self.translations)
+            .1
+            .unwrap_or(&self.name)
+            .clone()
+    }
+}
+
 /// A product's text, stored as one document.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProductText {

@@ -24,7 +24,7 @@ pub mod pulsar;
 pub mod testing;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use shopmesh_kit::RequestContext;
@@ -238,8 +238,4 @@ fn event_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Eve
     })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use shopmesh_kit::clock::now_ms;

@@ -1,5 +1,7 @@
 //! The caller's languages, from the `accept-language` metadata the edge passes on.
 
+use std::collections::BTreeMap;
+
 /// The languages of `accept-language`, most preferred first (by `q`, then order), keeping
 /// only plain BCP 47 tags; `*` and malformed entries are dropped.
 pub fn accepted(metadata: &tonic::metadata::MetadataMap) -> Vec<String> {
@@ -64,6 +66,29 @@ pub fn best<'a>(
     None
 }
 
+/// The locale to answer in among `default` (the original text) and the `translations`, and the
+/// translation to use: `None` means the original. The original competes like any translation,
+/// so `en, de` on an English original with a German translation stays English.
+pub fn choose<'a, T>(
+    accepted: &[String],
+    default: &'a str,
+    translations: &'a BTreeMap<String, T>,
+) -> (&'a str, Option<&'a T>) {
+    let chosen = best(
+        accepted,
+        translations
+            .keys()
+            .map(String::as_str)
+            .chain(std::iter::once(default)),
+    )
+    .unwrap_or(default);
+    if chosen == default {
+        (default, None)
+    } else {
+        (chosen, translations.get(chosen))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +118,16 @@ mod tests {
             Some("fr")
         );
         assert_eq!(best(&header("it"), available.iter().copied()), None);
+    }
+
+    #[test]
+    fn the_original_competes_with_its_translations() {
+        let translations = BTreeMap::from([("de".to_owned(), "Schuhe")]);
+        assert_eq!(choose(&header("en, de"), "en", &translations), ("en", None));
+        assert_eq!(
+            choose(&header("de-CH"), "en", &translations),
+            ("de", Some(&"Schuhe"))
+        );
+        assert_eq!(choose(&header("it"), "en", &translations), ("en", None));
     }
 }

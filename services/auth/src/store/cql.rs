@@ -1,10 +1,9 @@
 //! Auth's store on CQL. Tokens and families expire by TTL a day after their own expiry; a
 //! token is spent with a lightweight transaction, so one value refreshes once.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use async_trait::async_trait;
 use scylla::statement::prepared::PreparedStatement;
+use shopmesh_kit::clock::now_ms;
 use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::{Cql, lwt_applied};
 use uuid::Uuid;
@@ -86,10 +85,7 @@ impl CqlAuth {
 }
 
 fn ttl(expires_at_ms: i64) -> i32 {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    let seconds = (expires_at_ms - now_ms) / 1000 + TTL_MARGIN_SECS;
+    let seconds = (expires_at_ms - now_ms()) / 1000 + TTL_MARGIN_SECS;
     seconds.clamp(1, i64::from(i32::MAX)) as i32
 }
 

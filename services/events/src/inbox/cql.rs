@@ -1,10 +1,11 @@
 //! The inbox on CQL: claim an event id before the effect, mark it done after. Rows expire after
 //! [`REMEMBER`], far beyond any redelivery.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
+use shopmesh_kit::clock::now_ms;
 use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::{Cql, classify, lwt_outcome};
 
@@ -142,10 +143,4 @@ impl CqlInbox {
             .map_err(classify)?;
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
