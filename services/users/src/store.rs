@@ -165,7 +165,7 @@ const CQL: &[Migration] = &[
                 updated_at bigint,
                 version bigint
             );
-            CREATE TABLE IF NOT EXISTS users_by_email (email_index blob PRIMARY KEY, user_id uuid);
+            CREATE TABLE IF NOT EXISTS users_by_email (email_index blob PRIMARY KEY, user_id uuid, claimed_at bigint);
             CREATE TABLE IF NOT EXISTS users_by_month (
                 month int,
                 created_at bigint,

@@ -1,6 +1,7 @@
 //! Users on CQL. The e-mail is claimed with a lightweight transaction in `users_by_email`, then
 //! the account, its listing entry and its event go in one logged batch. A claim whose batch
-//! never landed (a crash in between) is taken over by the next registration of that e-mail.
+//! never landed (a crash in between) is taken over by the next registration of that e-mail once
+//! it is a minute old; a younger one belongs to a registration still in flight.
 //! Listing oldest first goes through a [`CreationIndex`]. Updates are
 //! conditional on the version read (an LWT).
 
@@ -8,8 +9,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
 use shopmesh_events::Event;
 use shopmesh_events::outbox::{CqlOutbox, OutboxRow};
+use shopmesh_kit::clock::now_ms;
 use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::listing::CreationIndex;
 use shopmesh_storage::cql::{Cql, lwt_applied, lwt_outcome};
@@ -17,6 +20,10 @@ use uuid::Uuid;
 
 use super::{Attempt, Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
 use crate::config::ThrottleConfig;
+
+/// How old an e-mail claim without its account must be before another registration may take it
+/// over: far longer than a registration takes to write its batch.
+const ABANDONED_CLAIM_MS: i64 = 60_000;
 
 type Row = (
     Uuid,
@@ -51,10 +58,14 @@ impl CqlUsers {
         Ok(Self {
             outbox: Arc::new(CqlOutbox::new(&cql).await?),
             claim_email: cql
-                .prepare("INSERT INTO users_by_email (email_index, user_id) VALUES (?, ?) IF NOT EXISTS")
+                .prepare(
+                    "INSERT INTO users_by_email (email_index, user_id, claimed_at) VALUES (?, ?, ?) IF NOT EXISTS",
+                )
                 .await?,
             take_over_email: cql
-                .prepare("UPDATE users_by_email SET user_id = ? WHERE email_index = ? IF user_id = ?")
+                .prepare(
+                    "UPDATE users_by_email SET user_id = ?, claimed_at = ? WHERE email_index = ? IF user_id = ?",
+                )
                 .await?,
             insert: cql
                 .prepare(
@@ -107,29 +118,35 @@ impl CqlUsers {
 
     /// Claims `email_index` for `id`; false when another account holds it.
     async fn claim_email(&self, email_index: &[u8], id: Uuid) -> Result<bool, StoreError> {
+        let now = now_ms();
         let claim = lwt_outcome(
             self.cql
-                .execute(&self.claim_email, (email_index, id))
+                .execute(&self.claim_email, (email_index, id, now))
                 .await?,
         )?;
         if claim.applied {
             return Ok(true);
         }
         let holder = match claim.get("user_id") {
-            Some(scylla::value::CqlValue::Uuid(holder)) => *holder,
+            Some(CqlValue::Uuid(holder)) => *holder,
             other => {
                 return Err(
                     StorageError::Corrupt(format!("users_by_email.user_id is {other:?}")).into(),
                 );
             }
         };
-        if self.get(holder).await?.is_some() {
+        let claimed_at = match claim.get("claimed_at") {
+            Some(CqlValue::BigInt(at)) => *at,
+            _ => 0,
+        };
+        // A young claim is a registration still writing its account, not a dead one.
+        if now - claimed_at < ABANDONED_CLAIM_MS || self.get(holder).await?.is_some() {
             return Ok(false);
         }
         // The holder's account was never written: its registration died between claim and batch.
         let taken = self
             .cql
-            .execute(&self.take_over_email, (id, email_index, holder))
+            .execute(&self.take_over_email, (id, now, email_index, holder))
             .await?;
         Ok(lwt_applied(taken)?)
     }
