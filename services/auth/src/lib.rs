@@ -40,7 +40,7 @@ const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 const PURGE_GRACE_MS: i64 = 24 * 3600 * 1000;
 
 /// The topic and subscription on which auth learns that sessions must end.
-const USERS_TOPIC: &str = "shopmesh.users";
+const USERS_TOPIC: &str = shopmesh_events::topics::USERS;
 const SESSIONS_SUBSCRIPTION: &str = "auth-sessions";
 
 /// The auth service, as the host runs it.

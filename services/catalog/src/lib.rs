@@ -8,6 +8,7 @@ pub mod config;
 pub mod search;
 pub mod seed;
 pub mod service;
+pub mod stock;
 pub mod store;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ impl Service for Catalog {
     async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
         let config: CatalogConfig = context.config()?;
         let handler = open(&context, &config, Follow::Yes).await?;
+        stock::follow(handler.clone(), &context).await?;
         if context.mode == Mode::Embedded
             && config.demo_catalog
             && handler.store().categories().await?.is_empty()

@@ -21,7 +21,8 @@ use shopmesh_proto::shopmesh::catalog::v1::{
 };
 use shopmesh_proto::shopmesh::common::v1::{Money, RatingSummary};
 use shopmesh_proto::shopmesh::events::v1::{
-    ProductChanged, ProductDeleted, ProductEvent, ProductStockChanged, product_event,
+    ProductChanged, ProductDeleted, ProductEvent, ProductStockChanged, StockEvent, StockRejected,
+    StockReserved, product_event, stock_event,
 };
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -31,13 +32,14 @@ use shopmesh_search::{SearchQuery, Sort};
 
 use crate::search::Search;
 use crate::store::{
-    Announce, CatalogStore, CategoryRecord, Line, ProductRecord, ProductText, Reservation,
+    Announce, CatalogStore, CategoryRecord, Line, ProductRecord, ProductText, Reply, Reservation,
     ReservationState, StockChange, StoreError,
 };
 
 const DEFAULT_PAGE: usize = 20;
 const DETAIL_CACHE_ENTRIES: u64 = 50_000;
 const EVENT_KIND: &str = "shopmesh.events.v1.ProductEvent";
+const STOCK_EVENT_KIND: &str = "shopmesh.events.v1.StockEvent";
 
 pub struct CatalogHandler {
     store: Arc<dyn CatalogStore>,
@@ -238,6 +240,50 @@ impl CatalogHandler {
                 product: Some(self.view(record, &[])),
             }),
         )
+    }
+
+    /// Reserves an order's lines (the `ReserveStock` RPC and the saga's `OrderCreated`); the
+    /// outcome goes out as a `StockEvent` with the change.
+    pub async fn reserve(&self, order_id: Uuid, lines: &[Line]) -> Result<Reservation> {
+        let reply: Reply = Arc::new(stock_event);
+        let reservation = self
+            .store
+            .reserve(order_id, lines, now_ms(), self.announce(), Some(reply))
+            .await
+            .map_err(|error| match error {
+                StoreError::Conflict => Error::already_exists(
+                    "RESERVATION_EXISTS",
+                    "the order already has a reservation with other lines",
+                ),
+                other => storage(other),
+            })?;
+        self.relay.notify_one();
+        Ok(reservation)
+    }
+
+    /// Returns an order's units to stock (payment failed, or cancelled).
+    pub async fn release(&self, order_id: Uuid) -> Result<Reservation> {
+        let reservation = self
+            .store
+            .release(order_id, now_ms(), self.announce())
+            .await
+            .map_err(storage)?;
+        self.relay.notify_one();
+        Ok(reservation)
+    }
+
+    /// Marks an order's units sold (paid).
+    pub async fn commit(&self, order_id: Uuid) -> Result<Reservation> {
+        self.store
+            .commit(order_id, now_ms())
+            .await
+            .map_err(|error| match error {
+                StoreError::NotFound => Error::failed_precondition(
+                    "NO_RESERVATION",
+                    "the order has no reservation to commit",
+                ),
+                other => storage(other),
+            })
     }
 
     fn announce(&self) -> Announce {
@@ -709,18 +755,7 @@ impl CatalogService for CatalogHandler {
                 quantity,
             })
             .collect();
-        let reservation = self
-            .store
-            .reserve(order_id, &lines, now_ms(), self.announce())
-            .await
-            .map_err(|error| match error {
-                StoreError::Conflict => Error::already_exists(
-                    "RESERVATION_EXISTS",
-                    "the order already has a reservation with other lines",
-                ),
-                other => storage(other),
-            })?;
-        self.relay.notify_one();
+        let reservation = self.reserve(order_id, &lines).await?;
         Ok(Response::new(reservation_view(&reservation)))
     }
 
@@ -730,12 +765,7 @@ impl CatalogService for CatalogHandler {
     ) -> std::result::Result<Response<StockReservation>, Status> {
         let request = request.into_inner();
         let order_id = parse_id("order_id", &request.order_id)?;
-        let reservation = self
-            .store
-            .release(order_id, now_ms(), self.announce())
-            .await
-            .map_err(storage)?;
-        self.relay.notify_one();
+        let reservation = self.release(order_id).await?;
         tracing::info!(order_id = %order_id, reason = request.reason, "stock released");
         Ok(Response::new(reservation_view(&reservation)))
     }
@@ -745,19 +775,30 @@ impl CatalogService for CatalogHandler {
         request: Request<CommitStockRequest>,
     ) -> std::result::Result<Response<StockReservation>, Status> {
         let order_id = parse_id("order_id", &request.into_inner().order_id)?;
-        let reservation =
-            self.store
-                .commit(order_id, now_ms())
-                .await
-                .map_err(|error| match error {
-                    StoreError::NotFound => Error::failed_precondition(
-                        "NO_RESERVATION",
-                        "the order has no reservation to commit",
-                    ),
-                    other => storage(other),
-                })?;
+        let reservation = self.commit(order_id).await?;
         Ok(Response::new(reservation_view(&reservation)))
     }
+}
+
+/// The `StockEvent` announcing a reserved or rejected reservation.
+fn stock_event(reservation: &Reservation) -> Event {
+    let view = reservation_view(reservation);
+    let payload = if reservation.state == ReservationState::Rejected {
+        stock_event::Payload::Rejected(StockRejected {
+            shortages: view.shortages,
+        })
+    } else {
+        stock_event::Payload::Reserved(StockReserved { items: view.items })
+    };
+    let key = reservation.order_id.to_string();
+    let mut event = Event::new(key.clone(), STOCK_EVENT_KIND, Vec::new());
+    event.payload = StockEvent {
+        meta: Some(envelope(&event, "catalog")),
+        order_id: key,
+        payload: Some(payload),
+    }
+    .encode_to_vec();
+    event
 }
 
 fn reservation_view(reservation: &Reservation) -> StockReservation {

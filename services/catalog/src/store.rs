@@ -15,7 +15,7 @@ pub mod cql;
 pub mod sqlite;
 
 /// The topic product events go to.
-pub const TOPIC: &str = "shopmesh.products";
+pub const TOPIC: &str = shopmesh_events::topics::PRODUCTS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CategoryRecord {
@@ -102,6 +102,9 @@ pub struct Reservation {
 /// Makes the event announcing a stock change.
 pub type Announce = std::sync::Arc<dyn Fn(&StockChange) -> Event + Send + Sync>;
 
+/// Makes the event announcing a reservation's outcome (`StockEvent` on the stock topic).
+pub type Reply = std::sync::Arc<dyn Fn(&Reservation) -> Event + Send + Sync>;
+
 /// A product whose stock a reservation changed: its new stock and version, for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockChange {
@@ -153,13 +156,16 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Reserves every line or none. Idempotent per order: the recorded reservation comes back
     /// unchanged; other lines for the same order are a [`StoreError::Conflict`]. A
     /// reservation after a release stays released. Every stock change is announced with the
-    /// event `announce` makes for it, written with the change.
+    /// event `announce` makes for it, written with the change. With `reply`, a reserved or
+    /// rejected outcome is announced on the stock topic on every call, new or repeated, so a
+    /// redelivered order always gets its answer (its consumer drops duplicates).
     async fn reserve(
         &self,
         order_id: Uuid,
         lines: &[Line],
         now_ms: i64,
         announce: Announce,
+        reply: Option<Reply>,
     ) -> Result<Reservation, StoreError>;
     /// Returns a reservation's units (RESERVED or COMMITTED) to stock; records a RELEASED
     /// marker when there was none. Idempotent.
@@ -309,4 +315,12 @@ pub(crate) fn canonical(lines: &[Line]) -> Vec<Line> {
     let mut lines = lines.to_vec();
     lines.sort_by_key(|line| line.product_id);
     lines
+}
+
+/// Whether a reservation has an outcome to announce: reserved or rejected.
+pub(crate) fn decided(reservation: &Reservation) -> bool {
+    matches!(
+        reservation.state,
+        ReservationState::Reserved | ReservationState::Rejected
+    )
 }

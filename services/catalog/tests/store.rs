@@ -220,7 +220,10 @@ async fn reservations_are_all_or_nothing_and_idempotent((store, _keep): Subject)
             quantity: 2,
         },
     ];
-    let rejected = store.reserve(order, &lines, 1, announce()).await.unwrap();
+    let rejected = store
+        .reserve(order, &lines, 1, announce(), None)
+        .await
+        .unwrap();
     assert_eq!(rejected.state, ReservationState::Rejected);
     assert_eq!(rejected.shortages.len(), 1);
     assert_eq!(
@@ -241,10 +244,16 @@ async fn reservations_are_all_or_nothing_and_idempotent((store, _keep): Subject)
         product_id: a.id,
         quantity: 2,
     }];
-    let reserved = store.reserve(order, &lines, 2, announce()).await.unwrap();
+    let reserved = store
+        .reserve(order, &lines, 2, announce(), None)
+        .await
+        .unwrap();
     assert_eq!(reserved.state, ReservationState::Reserved);
     assert_eq!(
-        store.reserve(order, &lines, 3, announce()).await.unwrap(),
+        store
+            .reserve(order, &lines, 3, announce(), None)
+            .await
+            .unwrap(),
         reserved
     );
     assert_eq!(store.product(a.id).await.unwrap().unwrap().stock, 1);
@@ -257,7 +266,8 @@ async fn reservations_are_all_or_nothing_and_idempotent((store, _keep): Subject)
                     quantity: 1
                 }],
                 4,
-                announce()
+                announce(),
+                None
             )
             .await,
         Err(StoreError::Conflict)
@@ -284,7 +294,10 @@ async fn reservations_are_all_or_nothing_and_idempotent((store, _keep): Subject)
         store.release(early, 9, announce()).await.unwrap().state,
         ReservationState::Released
     );
-    let late = store.reserve(early, &lines, 10, announce()).await.unwrap();
+    let late = store
+        .reserve(early, &lines, 10, announce(), None)
+        .await
+        .unwrap();
     assert_eq!(late.state, ReservationState::Released);
     assert_eq!(store.product(a.id).await.unwrap().unwrap().stock, 3);
     assert!(matches!(
@@ -305,7 +318,7 @@ async fn the_stock_hammer_never_goes_below_zero((store, _keep): Subject) {
                     quantity: 1,
                 }];
                 store
-                    .reserve(Uuid::now_v7(), &lines, 1, announce())
+                    .reserve(Uuid::now_v7(), &lines, 1, announce(), None)
                     .await
                     .unwrap()
                     .state

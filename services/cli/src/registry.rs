@@ -8,5 +8,6 @@ pub static SERVICES: &[&'static dyn Service] = &[
     &shopmesh_users::Users,
     &shopmesh_auth::Auth,
     &shopmesh_catalog::Catalog,
+    &shopmesh_orders::Orders,
     &shopmesh_edge::Edge,
 ];

@@ -8,25 +8,7 @@ use shopmesh_proto::shopmesh::catalog::v1::catalog_service_client::CatalogServic
 use shopmesh_proto::shopmesh::catalog::v1::{
     CreateCategoryRequest, ReserveStockRequest, StockLine, StockReservationState,
 };
-use support::{Answer, PASSWORD, Platform, bearer, embedded, http};
-
-/// Logs the first administrator in through the edge; returns `Bearer …`.
-async fn admin(platform: &Platform) -> String {
-    let login = http(
-        &platform.edge,
-        "POST",
-        "/v1/auth/login",
-        &[],
-        &serde_json::to_vec(&serde_json::json!({
-            "email": "admin@shopmesh.local",
-            "password": platform.admin_password.clone().unwrap(),
-        }))
-        .unwrap(),
-    )
-    .await;
-    assert_eq!(login.status, 200, "{login:?}");
-    format!("Bearer {}", login.json()["access_token"].as_str().unwrap())
-}
+use support::{Answer, PASSWORD, Platform, admin, bearer, embedded, http};
 
 fn catalog(platform: &Platform) -> CatalogServiceClient<tonic::transport::Channel> {
     CatalogServiceClient::new(platform.channel("catalog"))

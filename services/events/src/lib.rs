@@ -22,6 +22,7 @@ pub mod log;
 pub mod outbox;
 pub mod pulsar;
 pub mod testing;
+pub mod topics;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -13,7 +13,7 @@ pub mod cql;
 pub mod sqlite;
 
 /// The topic users' events go to.
-pub const TOPIC: &str = "shopmesh.users";
+pub const TOPIC: &str = shopmesh_events::topics::USERS;
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq)]

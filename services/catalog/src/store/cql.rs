@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
-use shopmesh_events::Event;
 use shopmesh_events::outbox::{CqlOutbox, OutboxRow};
+use shopmesh_events::{Event, topics};
 use shopmesh_storage::StorageError;
 use shopmesh_storage::cql::listing::CreationIndex;
 use shopmesh_storage::cql::{Cql, lwt_applied, lwt_outcome};
@@ -21,8 +21,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{
-    Announce, CatalogStore, CategoryRecord, Cursor, Line, ProductRecord, Reservation,
-    ReservationState, Shortage, StockChange, StoreError, TOPIC, canonical, state_from, state_name,
+    Announce, CatalogStore, CategoryRecord, Cursor, Line, ProductRecord, Reply, Reservation,
+    ReservationState, Shortage, StockChange, StoreError, TOPIC, canonical, decided, state_from,
+    state_name,
 };
 
 /// The partition of products without a category in `products_by_category`.
@@ -162,7 +163,11 @@ impl CqlCatalog {
     }
 
     async fn publish(&self, event: &Event) -> Result<(), StoreError> {
-        let row = OutboxRow::new(TOPIC, event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        self.publish_to(TOPIC, event).await
+    }
+
+    async fn publish_to(&self, topic: &str, event: &Event) -> Result<(), StoreError> {
+        let row = OutboxRow::new(topic, event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         self.cql.execute(self.outbox.insert(), row).await?;
         Ok(())
     }
@@ -584,78 +589,15 @@ impl CatalogStore for CqlCatalog {
         lines: &[Line],
         now_ms: i64,
         announce: Announce,
+        reply: Option<Reply>,
     ) -> Result<Reservation, StoreError> {
-        let lines = canonical(lines);
-        let lines_json = serde_json::to_string(&lines)?;
-        let claimed = self
-            .cql
-            .execute(
-                &self.claim_reservation,
-                (order_id, "pending", &lines_json, "[]", now_ms),
-            )
-            .await?;
-        if !lwt_applied(claimed)? {
-            let existing = self.reservation(order_id).await;
-            return match existing {
-                Ok(Some(existing))
-                    if existing.state != ReservationState::Released && existing.lines != lines =>
-                {
-                    Err(StoreError::Conflict)
-                }
-                Ok(Some(existing)) => Ok(existing),
-                Ok(None) => Err(StoreError::NotFound),
-                Err(other) => Err(other),
-            };
+        let reservation = self.decide(order_id, lines, now_ms, &announce).await?;
+        if let Some(reply) = reply
+            && decided(&reservation)
+        {
+            self.publish_to(topics::STOCK, &reply(&reservation)).await?;
         }
-        let mut taken = Vec::new();
-        let mut shortages = Vec::new();
-        for line in &lines {
-            match self
-                .adjust(line.product_id, -line.quantity, now_ms, &announce)
-                .await?
-            {
-                Ok(Some(_)) => taken.push(*line),
-                Ok(None) => shortages.push(Shortage {
-                    product_id: line.product_id,
-                    requested: line.quantity,
-                    available: 0,
-                }),
-                Err(available) => shortages.push(Shortage {
-                    product_id: line.product_id,
-                    requested: line.quantity,
-                    available,
-                }),
-            }
-        }
-        let state = if shortages.is_empty() {
-            ReservationState::Reserved
-        } else {
-            // All or nothing: give back what was taken.
-            for line in &taken {
-                self.adjust(line.product_id, line.quantity, now_ms, &announce)
-                    .await?
-                    .ok();
-            }
-            ReservationState::Rejected
-        };
-        self.cql
-            .execute(
-                &self.set_reservation,
-                (
-                    state_name(state),
-                    serde_json::to_string(&shortages)?,
-                    now_ms,
-                    order_id,
-                ),
-            )
-            .await?;
-        Ok(Reservation {
-            order_id,
-            state,
-            lines,
-            shortages,
-            updated_at_ms: now_ms,
-        })
+        Ok(reservation)
     }
 
     async fn release(
@@ -759,5 +701,88 @@ impl CatalogStore for CqlCatalog {
                 }
             }
         }
+    }
+}
+
+impl CqlCatalog {
+    /// Reserves, or finds the recorded reservation (see [`CatalogStore::reserve`]).
+    async fn decide(
+        &self,
+        order_id: Uuid,
+        lines: &[Line],
+        now_ms: i64,
+        announce: &Announce,
+    ) -> Result<Reservation, StoreError> {
+        let lines = canonical(lines);
+        let lines_json = serde_json::to_string(&lines)?;
+        let claimed = self
+            .cql
+            .execute(
+                &self.claim_reservation,
+                (order_id, "pending", &lines_json, "[]", now_ms),
+            )
+            .await?;
+        if !lwt_applied(claimed)? {
+            let existing = self.reservation(order_id).await;
+            return match existing {
+                Ok(Some(existing))
+                    if existing.state != ReservationState::Released && existing.lines != lines =>
+                {
+                    Err(StoreError::Conflict)
+                }
+                Ok(Some(existing)) => Ok(existing),
+                Ok(None) => Err(StoreError::NotFound),
+                Err(other) => Err(other),
+            };
+        }
+        let mut taken = Vec::new();
+        let mut shortages = Vec::new();
+        for line in &lines {
+            match self
+                .adjust(line.product_id, -line.quantity, now_ms, announce)
+                .await?
+            {
+                Ok(Some(_)) => taken.push(*line),
+                Ok(None) => shortages.push(Shortage {
+                    product_id: line.product_id,
+                    requested: line.quantity,
+                    available: 0,
+                }),
+                Err(available) => shortages.push(Shortage {
+                    product_id: line.product_id,
+                    requested: line.quantity,
+                    available,
+                }),
+            }
+        }
+        let state = if shortages.is_empty() {
+            ReservationState::Reserved
+        } else {
+            // All or nothing: give back what was taken.
+            for line in &taken {
+                self.adjust(line.product_id, line.quantity, now_ms, announce)
+                    .await?
+                    .ok();
+            }
+            ReservationState::Rejected
+        };
+        self.cql
+            .execute(
+                &self.set_reservation,
+                (
+                    state_name(state),
+                    serde_json::to_string(&shortages)?,
+                    now_ms,
+                    order_id,
+                ),
+            )
+            .await?;
+        Ok(Reservation {
+            order_id,
+            state,
+            lines,
+            shortages,
+            updated_at_ms: now_ms,
+        })
     }
 }

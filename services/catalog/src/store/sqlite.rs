@@ -3,13 +3,14 @@
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
-use shopmesh_events::{Event, outbox};
+use shopmesh_events::{Event, outbox, topics};
 use shopmesh_storage::sqlite::Sqlite;
 use uuid::Uuid;
 
 use super::{
-    Announce, CatalogStore, CategoryRecord, Cursor, Line, ProductRecord, Reservation,
-    ReservationState, Shortage, StockChange, StoreError, TOPIC, canonical, state_from, state_name,
+    Announce, CatalogStore, CategoryRecord, Cursor, Line, ProductRecord, Reply, Reservation,
+    ReservationState, Shortage, StockChange, StoreError, TOPIC, canonical, decided, state_from,
+    state_name,
 };
 
 const PRODUCT_COLUMNS: &str = "id, sku, category_id, currency, amount_minor, stock, rating_average, rating_count, text, created_at, updated_at, version";
@@ -383,15 +384,24 @@ impl CatalogStore for SqliteCatalog {
         lines: &[Line],
         now_ms: i64,
         announce: Announce,
+        reply: Option<Reply>,
     ) -> Result<Reservation, StoreError> {
         let lines = canonical(lines);
         self.0
             .write(move |tx| {
+                let answer = |reservation: Reservation| -> Result<Reservation, StoreError> {
+                    if let Some(reply) = &reply
+                        && decided(&reservation)
+                    {
+                        outbox::enqueue(tx, topics::STOCK, &reply(&reservation))?;
+                    }
+                    Ok(reservation)
+                };
                 if let Some(existing) = reservation(tx, order_id)? {
                     if existing.state != ReservationState::Released && existing.lines != lines {
                         return Err(StoreError::Conflict);
                     }
-                    return Ok(existing);
+                    return answer(existing);
                 }
                 let mut shortages = Vec::new();
                 for line in &lines {
@@ -424,7 +434,7 @@ impl CatalogStore for SqliteCatalog {
                     updated_at_ms: now_ms,
                 };
                 save(tx, &reservation)?;
-                Ok(reservation)
+                answer(reservation)
             })
             .await
     }

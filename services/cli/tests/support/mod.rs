@@ -264,6 +264,44 @@ pub async fn on_engines() -> Option<(Platform, tempfile::TempDir)> {
     Some((Platform::start(dir.path(), &settings).await, dir))
 }
 
+/// Logs the first administrator in through the edge; returns `Bearer …`.
+pub async fn admin(platform: &Platform) -> String {
+    login(
+        platform,
+        "admin@shopmesh.local",
+        &platform.admin_password.clone().unwrap(),
+    )
+    .await
+}
+
+/// Registers a customer through the edge and logs them in; returns `Bearer …`.
+pub async fn customer(platform: &Platform, email: &str) -> String {
+    let register = serde_json::json!({"email": email, "password": PASSWORD, "display_name": "Ada"});
+    let created = http(
+        &platform.edge,
+        "POST",
+        "/v1/users",
+        &[],
+        &serde_json::to_vec(&register).unwrap(),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    login(platform, email, PASSWORD).await
+}
+
+async fn login(platform: &Platform, email: &str, password: &str) -> String {
+    let login = http(
+        &platform.edge,
+        "POST",
+        "/v1/auth/login",
+        &[],
+        &serde_json::to_vec(&serde_json::json!({"email": email, "password": password})).unwrap(),
+    )
+    .await;
+    assert_eq!(login.status, 200, "{login:?}");
+    format!("Bearer {}", login.json()["access_token"].as_str().unwrap())
+}
+
 /// An HTTP answer as a test reads it.
 #[derive(Debug)]
 pub struct Answer {

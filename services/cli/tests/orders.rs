@@ -1,0 +1,348 @@
+//! Checkout end to end through `shopmesh up` and the edge: orders flow through the saga
+//! (catalog reserves, payments charges with the sandbox gateway), keys make checkout
+//! idempotent, customers see only their own orders, the status streams as Server-Sent Events,
+//! and stock adds up whatever happens.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Answer, Platform, admin, customer, embedded, http};
+
+/// Creates a product through the edge; returns its id.
+async fn product(platform: &Platform, token: &str, sku: &str, stock: i32) -> String {
+    let created = http(
+        &platform.edge,
+        "POST",
+        "/v1/products",
+        &[("authorization", token)],
+        &serde_json::to_vec(&json!({
+            "sku": sku,
+            "title": format!("Lamp {sku}"),
+            "price": {"currency_code": "EUR", "amount_minor": "2500"},
+            "stock": stock,
+        }))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json()["id"].as_str().unwrap().to_owned()
+}
+
+async fn stock(platform: &Platform, product: &str) -> i64 {
+    let answer = http(
+        &platform.edge,
+        "GET",
+        &format!("/v1/products/{product}"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.json()["stock"].as_i64().unwrap_or(0)
+}
+
+fn order_body(product: &str, quantity: i32, payment_method: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "items": [{"product_id": product, "quantity": quantity}],
+        "shipping_address": {
+            "name": "Ada Lovelace", "line1": "12 St James's Square", "city": "London",
+            "postal_code": "SW1Y 4JH", "country": "GB"
+        },
+        "payment_method": payment_method,
+    }))
+    .unwrap()
+}
+
+async fn place(platform: &Platform, token: &str, key: &str, body: &[u8]) -> Answer {
+    http(
+        &platform.edge,
+        "POST",
+        "/v1/orders",
+        &[("authorization", token), ("idempotency-key", key)],
+        body,
+    )
+    .await
+}
+
+async fn get(platform: &Platform, token: &str, id: &str) -> Answer {
+    http(
+        &platform.edge,
+        "GET",
+        &format!("/v1/orders/{id}"),
+        &[("authorization", token)],
+        b"",
+    )
+    .await
+}
+
+/// Polls the order until its status is one of `statuses`; returns it.
+async fn until(platform: &Platform, token: &str, id: &str, statuses: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let answer = get(platform, token, id).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        last = answer.json();
+        if statuses.contains(&last["status"].as_str().unwrap_or_default()) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("order {id} did not reach {statuses:?}: {last:#}");
+}
+
+fn history(order: &Value) -> Vec<String> {
+    order["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_paid_order_a_declined_one_and_a_refund() {
+    let (platform, _dir) = embedded().await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "LAMP-1", 10).await;
+    let ada = customer(&platform, "ada@example.com").await;
+
+    // Paid with a card that works.
+    let placed = place(
+        &platform,
+        &ada,
+        "order-1",
+        &order_body(&lamp, 2, "pm_card_visa"),
+    )
+    .await;
+    assert_eq!(placed.status, 202, "{placed:?}");
+    let order = placed.json();
+    assert_eq!(order["status"], "ORDER_STATUS_CREATED");
+    assert_eq!(
+        order["total"]["amount_minor"], "5000",
+        "prices come from catalog"
+    );
+    let id = order["id"].as_str().unwrap().to_owned();
+    let paid = until(&platform, &ada, &id, &["ORDER_STATUS_PAID"]).await;
+    assert_eq!(
+        history(&paid),
+        [
+            "ORDER_STATUS_CREATED",
+            "ORDER_STATUS_STOCK_RESERVED",
+            "ORDER_STATUS_PAYMENT_PENDING",
+            "ORDER_STATUS_PAID"
+        ]
+    );
+    assert_eq!(paid["payment"]["card_brand"], "visa");
+    assert_eq!(paid["payment"]["card_last4"], "4242");
+    assert_eq!(stock(&platform, &lamp).await, 8);
+
+    // Declined: the order fails and its stock comes back.
+    let declined = place(
+        &platform,
+        &ada,
+        "order-2",
+        &order_body(&lamp, 3, "pm_card_chargeDeclined"),
+    )
+    .await;
+    assert_eq!(declined.status, 202, "{declined:?}");
+    let declined_id = declined.json()["id"].as_str().unwrap().to_owned();
+    let failed = until(
+        &platform,
+        &ada,
+        &declined_id,
+        &["ORDER_STATUS_PAYMENT_FAILED"],
+    )
+    .await;
+    assert!(
+        !failed["payment"]["decline_code"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+    let mut released = false;
+    for _ in 0..100 {
+        if stock(&platform, &lamp).await == 8 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the declined order's stock is released");
+
+    // Watch the paid order as Server-Sent Events while it is cancelled: the current state
+    // first, then each transition, and the stream ends at the terminal state.
+    let edge = platform.edge.clone();
+    let (watch_token, watch_id) = (ada.clone(), id.clone());
+    let watching = tokio::spawn(async move {
+        http(
+            &edge,
+            "GET",
+            &format!("/v1/orders/{watch_id}/events"),
+            &[
+                ("authorization", &watch_token),
+                ("accept", "text/event-stream"),
+            ],
+            b"",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled = http(
+        &platform.edge,
+        "POST",
+        &format!("/v1/orders/{id}:cancel"),
+        &[("authorization", &ada)],
+        br#"{"reason": "changed my mind"}"#,
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{cancelled:?}");
+    assert_eq!(cancelled.json()["status"], "ORDER_STATUS_CANCELLED");
+    let refunded = until(&platform, &ada, &id, &["ORDER_STATUS_REFUNDED"]).await;
+    assert_eq!(history(&refunded).last().unwrap(), "ORDER_STATUS_REFUNDED");
+
+    let stream = tokio::time::timeout(Duration::from_secs(20), watching)
+        .await
+        .expect("the stream ends at the terminal state")
+        .unwrap();
+    assert_eq!(stream.status, 200, "{stream:?}");
+    assert!(
+        stream
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = String::from_utf8_lossy(&stream.body);
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect();
+    assert!(events.len() >= 3, "{text}");
+    assert_eq!(events[0]["order"]["status"], "ORDER_STATUS_PAID");
+    assert!(events[0].get("transition").is_none_or(Value::is_null));
+    let transitions: Vec<&str> = events[1..]
+        .iter()
+        .map(|e| e["transition"]["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        transitions,
+        ["ORDER_STATUS_CANCELLED", "ORDER_STATUS_REFUNDED"]
+    );
+
+    // Cancelling gave the stock back too.
+    for _ in 0..100 {
+        if stock(&platform, &lamp).await == 10 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the refunded order's stock was not returned");
+}
+
+#[tokio::test]
+async fn keys_make_checkout_idempotent_and_orders_are_private() {
+    let (platform, _dir) = embedded().await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "LAMP-2", 10).await;
+    let ada = customer(&platform, "ada@example.com").await;
+    let bob = customer(&platform, "bob@example.com").await;
+    let body = order_body(&lamp, 1, "pm_card_visa");
+
+    let missing_key = http(
+        &platform.edge,
+        "POST",
+        "/v1/orders",
+        &[("authorization", &ada)],
+        &body,
+    )
+    .await;
+    assert_eq!(missing_key.status, 400, "{missing_key:?}");
+
+    let first = place(&platform, &ada, "key-1", &body).await;
+    let again = place(&platform, &ada, "key-1", &body).await;
+    assert_eq!((first.status, again.status), (202, 202));
+    let id = first.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        again.json()["id"],
+        first.json()["id"],
+        "same key, same body: same order"
+    );
+
+    let other_body = place(
+        &platform,
+        &ada,
+        "key-1",
+        &order_body(&lamp, 2, "pm_card_visa"),
+    )
+    .await;
+    assert_eq!(other_body.status, 409, "{other_body:?}");
+    // Keys belong to their customer: Bob's "key-1" is his own order.
+    let bobs = place(&platform, &bob, "key-1", &body).await;
+    assert_eq!(bobs.status, 202, "{bobs:?}");
+    assert_ne!(bobs.json()["id"], first.json()["id"]);
+
+    assert_eq!(
+        get(&platform, &bob, &id).await.status,
+        404,
+        "another customer's order"
+    );
+    assert_eq!(
+        get(&platform, &staff, &id).await.status,
+        200,
+        "staff may read any order"
+    );
+    let list = http(
+        &platform.edge,
+        "GET",
+        "/v1/orders",
+        &[("authorization", &ada)],
+        b"",
+    )
+    .await;
+    assert_eq!(list.status, 200, "{list:?}");
+    let listed = list.json()["orders"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1, "only Ada's own order");
+    assert_eq!(listed[0]["id"], first.json()["id"]);
+
+    let unknown = place(
+        &platform,
+        &ada,
+        "key-2",
+        &order_body("0190a1b2-0000-7000-8000-000000000000", 1, "pm_card_visa"),
+    )
+    .await;
+    assert_eq!(unknown.status, 400, "{unknown:?}");
+    let delivered_too_early = http(
+        &platform.edge,
+        "POST",
+        &format!("/v1/orders/{id}:deliver"),
+        &[("authorization", &staff)],
+        b"{}",
+    )
+    .await;
+    assert_eq!(delivered_too_early.status, 400, "{delivered_too_early:?}");
+}
+
+#[tokio::test]
+async fn of_two_orders_for_the_last_unit_exactly_one_wins() {
+    let (platform, _dir) = embedded().await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "LAMP-3", 1).await;
+    let ada = customer(&platform, "ada@example.com").await;
+    let bob = customer(&platform, "bob@example.com").await;
+    let body = order_body(&lamp, 1, "pm_card_visa");
+    let (a, b) = tokio::join!(
+        place(&platform, &ada, "last-unit", &body),
+        place(&platform, &bob, "last-unit", &body)
+    );
+    assert_eq!((a.status, b.status), (202, 202));
+    let done = ["ORDER_STATUS_PAID", "ORDER_STATUS_REJECTED"];
+    let a = until(&platform, &ada, a.json()["id"].as_str().unwrap(), &done).await;
+    let b = until(&platform, &bob, b.json()["id"].as_str().unwrap(), &done).await;
+    let mut outcomes = [a["status"].as_str().unwrap(), b["status"].as_str().unwrap()];
+    outcomes.sort();
+    assert_eq!(outcomes, ["ORDER_STATUS_PAID", "ORDER_STATUS_REJECTED"]);
+    assert_eq!(stock(&platform, &lamp).await, 0);
+}
