@@ -42,6 +42,9 @@ enum Command {
     /// Token-signing key administration.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Event bus administration.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Add generated products (and their categories) to the catalog, for benchmarks. Products
     /// that exist already are skipped, so a repeated run adds nothing.
     Seed {
@@ -79,6 +82,28 @@ enum AuthCommand {
     /// Add a new signing key. It is published at once and signs after the activation delay;
     /// the previous key stays published until its last token has expired.
     RotateKeys {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// List the events a subscription gave up on (its dead-letter topic `<topic>.<sub>.dlq`),
+    /// or send them back to their topic with `--replay` once the cause is fixed.
+    DeadLetters {
+        /// The topic the events were published to, e.g. `shopmesh.orders`.
+        #[arg(long)]
+        topic: String,
+        /// The subscription that failed them, e.g. `payments`.
+        #[arg(long)]
+        subscription: String,
+        /// Publish each back to the topic and remove it from the dead-letter topic.
+        #[arg(long)]
+        replay: bool,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[command(flatten)]
         target: Target,
     },
@@ -155,6 +180,43 @@ fn main() -> ExitCode {
                 "added {added} of {products} products in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+            Ok(())
+        }),
+        Command::Events(EventsCommand::DeadLetters {
+            topic,
+            subscription,
+            replay,
+            limit,
+            target,
+        }) => tool(target, &shopmesh_orders::Orders, |context| async move {
+            use shopmesh_events::dead_letters::{self, Action};
+            let action = if replay {
+                Action::Replay
+            } else {
+                Action::Inspect
+            };
+            let events = dead_letters::handle(
+                &context.events,
+                &topic,
+                &subscription,
+                action,
+                limit,
+                std::time::Duration::from_secs(2),
+            )
+            .await?;
+            context.finish().await;
+            for event in &events {
+                println!(
+                    "{}  key {}  {}  {} bytes  at {}",
+                    event.id,
+                    event.key,
+                    event.kind,
+                    event.payload.len(),
+                    event.occurred_at_ms
+                );
+            }
+            let verb = if replay { "replayed" } else { "waiting" };
+            println!("{} dead letters {verb} for {topic} / {subscription}", events.len());
             Ok(())
         }),
         Command::Auth(AuthCommand::RotateKeys { target }) => {

@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod inbox;
 pub mod log;
 pub mod outbox;

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use shopmesh_events::testing::{TestBus, unique_topic};
+use shopmesh_events::dead_letters::{self, Action};
 use shopmesh_events::{Delivery, Event, SubscribeOptions, Subscriber, dead_letter_topic};
 use shopmesh_storage::contract_suite;
 
@@ -162,6 +163,19 @@ async fn dead_letters_after_max_attempts(bed: TestBus) {
         third.is_err(),
         "a dead-lettered event was delivered again: {third:?}"
     );
+
+    // Operators see it (as often as they look), then replay it once the cause is fixed.
+    let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let idle = Duration::from_secs(2);
+    let inspected = dead_letters::handle(&bus, &topic, "failing", Action::Inspect, 10, idle);
+    assert_eq!(ids(inspected.await.unwrap()), [poison.id.clone()]);
+    let replayed = dead_letters::handle(&bus, &topic, "failing", Action::Replay, 10, idle * 3);
+    assert_eq!(ids(replayed.await.unwrap()), [poison.id.clone()]);
+    let back = next(&mut subscriber).await;
+    assert_eq!(back.event.id, poison.id, "the replayed event is delivered again");
+    subscriber.ack(&back).await.unwrap();
+    let left = dead_letters::handle(&bus, &topic, "failing", Action::Inspect, 10, idle);
+    assert!(left.await.unwrap().is_empty(), "a replayed letter leaves the dead-letter topic");
 }
 
 async fn a_restarted_consumer_resumes_without_loss(bed: TestBus) {

@@ -255,6 +255,7 @@ const CQL: &[Migration] = &[
                 key text,
                 fingerprint blob,
                 order_id uuid,
+                created_at bigint,
                 PRIMARY KEY ((user_id), key)
             );
         ",
