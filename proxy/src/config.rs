@@ -17,9 +17,14 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body; larger ones get `413`.
     pub max_body_bytes: usize,
-    /// How long a request may wait for its service.
+    /// How long a request may wait for its service; on a streaming route, how long the first
+    /// message may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a streaming route (Server-Sent Events) may stay open; then it ends with an
+    /// `error` event and the client reconnects.
+    #[serde(with = "humantime_serde")]
+    pub stream_timeout: Duration,
     /// How long a client may stall while sending its body or reading the answer (slow-client
     /// protection); a stalled body gets `408`.
     #[serde(with = "humantime_serde")]
@@ -90,6 +95,7 @@ impl Default for EdgeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             timeout: Duration::from_secs(15),
+            stream_timeout: Duration::from_secs(60 * 60),
             client_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             limits: LimitsConfig::default(),
@@ -109,6 +115,9 @@ impl Validate for EdgeConfig {
         }
         if self.timeout.is_zero() {
             return Err(ConfigError::invalid("timeout", "must be positive"));
+        }
+        if self.stream_timeout.is_zero() {
+            return Err(ConfigError::invalid("stream_timeout", "must be positive"));
         }
         if self.client_timeout.is_zero() {
             return Err(ConfigError::invalid("client_timeout", "must be positive"));
@@ -132,5 +141,29 @@ impl Validate for EdgeConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::{Format, Toml};
+
+    use super::*;
+
+    #[test]
+    fn streams_stay_open_an_hour_unless_configured() {
+        let config = EdgeConfig::default();
+        assert_eq!(config.stream_timeout, Duration::from_secs(60 * 60));
+        config.validate().unwrap();
+        let config: EdgeConfig = figment::Figment::from(Toml::string(r#"stream_timeout = "30m""#))
+            .extract()
+            .unwrap();
+        assert_eq!(config.stream_timeout, Duration::from_secs(30 * 60));
+        let zero = EdgeConfig {
+            stream_timeout: Duration::ZERO,
+            ..EdgeConfig::default()
+        };
+        let error = zero.validate().unwrap_err().to_string();
+        assert!(error.contains("stream_timeout"), "{error}");
     }
 }

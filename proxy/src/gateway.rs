@@ -1,6 +1,7 @@
 //! The Pingora side of the edge: one `ProxyHttp` whose phases do, in order, what every request
-//! needs. REST routes are answered from `request_filter` (the edge is their gRPC client); gRPC
-//! requests pass through to the owning service over h2.
+//! needs. REST routes are answered from `request_filter` (the edge is their gRPC client): JSON
+//! for unary methods, Server-Sent Events ([`sse`]) for server-streaming ones. gRPC requests
+//! pass through to the owning service over h2.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,9 +15,10 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use shopmesh_kit::RequestContext;
+use prost_reflect::DynamicMessage;
 use shopmesh_kit::access::Authority;
 use shopmesh_kit::error::http_status;
+use shopmesh_kit::{RequestContext, Shutdown};
 use shopmesh_proto::validate::{invalid_argument, validate};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -25,6 +27,7 @@ use tonic_types::StatusExt;
 use crate::config::{CorsConfig, TlsConfig};
 use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
+use crate::sse;
 use crate::transcode::{request_message, response_json, status_json};
 use crate::upstream::Upstreams;
 
@@ -50,7 +53,13 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub timeout: Duration,
+    /// How long a streaming route may stay open.
+    pub stream_timeout: Duration,
+    /// How long a stream may stay silent before a keep-alive comment ([`sse::KEEP_ALIVE`]).
+    pub keep_alive: Duration,
     pub client_timeout: Duration,
+    /// The process's shutdown: streams end when it starts.
+    pub shutdown: Shutdown,
 }
 
 /// Per-request state, for the access log and the passthrough target.
@@ -60,6 +69,29 @@ pub struct RequestState {
     route: Option<String>,
     target: Option<SocketAddr>,
     request_id: String,
+    /// How a stream ended and how many messages it sent.
+    stream: Option<(sse::End, u64)>,
+}
+
+/// What a REST request gets.
+enum Answer<'a> {
+    /// An answer written at once: JSON, or an empty one (preflight).
+    Reply(Reply),
+    /// A server-streaming call of `route` that has produced its first message (or ended
+    /// without one), to answer as Server-Sent Events.
+    Events(&'a Route, Box<sse::Opened>),
+}
+
+/// A REST request that passed every check, ready for its call.
+struct Call<'a> {
+    route: &'a Route,
+    message: DynamicMessage,
+    /// The caller's token, language and address, and the headers the route declares.
+    metadata: MetadataMap,
+    /// The request id, trace position and the call's deadline.
+    context: RequestContext,
+    /// Whether the request carried a token (then a JSON success is `no-store`).
+    authorized: bool,
 }
 
 /// An answer the edge writes itself.
@@ -85,6 +117,23 @@ impl Reply {
         self
     }
 
+    /// The answer that starts a stream of events; [`sse::serve`] frames its body.
+    fn events() -> Self {
+        Self {
+            status: 200,
+            headers: vec![
+                (header::CONTENT_TYPE, sse::CONTENT_TYPE.into()),
+                (header::CACHE_CONTROL, "no-cache".into()),
+                // nginx, and proxies that honour it, would otherwise buffer the stream.
+                (
+                    header::HeaderName::from_static("x-accel-buffering"),
+                    "no".into(),
+                ),
+            ],
+            body: Bytes::new(),
+        }
+    }
+
     /// A failure as a `google.rpc.Status` body with the HTTP status grpc-gateway uses.
     fn status(status: &Status) -> Self {
         let mut reply = Self::json(http_status(status.code()), status_json(status));
@@ -103,30 +152,75 @@ impl Reply {
 }
 
 impl Gateway {
-    /// Serves a REST request: route, access, body, transcoding, validation, the call.
-    async fn rest(&self, session: &mut Session, state: &mut RequestState) -> Reply {
-        let context = request_context(session, self.timeout);
+    /// Serves a REST request: the checks, then a unary call answered as JSON, or a
+    /// server-streaming call answered as Server-Sent Events.
+    async fn rest<'a>(&'a self, session: &mut Session, state: &mut RequestState) -> Answer<'a> {
+        let call = match self.prepare(session, state).await {
+            Ok(call) => call,
+            Err(reply) => return Answer::Reply(reply),
+        };
+        let Call {
+            route,
+            message,
+            metadata,
+            context,
+            authorized,
+        } = call;
+        if route.method.is_server_streaming() {
+            return match self.open_stream(route, message, metadata, context).await {
+                Ok(opened) => Answer::Events(route, Box::new(opened)),
+                Err(status) => Answer::Reply(Reply::status(&status)),
+            };
+        }
+        match context
+            .scope(self.upstreams.call(route, message, metadata))
+            .await
+        {
+            Ok(response) => {
+                let mut reply = Reply::json(route.success_status, response_json(route, &response));
+                if authorized {
+                    reply
+                        .headers
+                        .push((header::CACHE_CONTROL, "no-store".into()));
+                }
+                Answer::Reply(reply)
+            }
+            Err(status) => Answer::Reply(Reply::status(&upstream_failure(route, status))),
+        }
+    }
+
+    /// Everything a REST request passes before its call: route, limit per address, access,
+    /// limit per user, body, declared headers, transcoding, validation. `Err` is the answer
+    /// when one of them refuses (or the request is for one of the edge's own endpoints).
+    async fn prepare<'a>(
+        &'a self,
+        session: &mut Session,
+        state: &mut RequestState,
+    ) -> Result<Call<'a>, Reply> {
+        let mut context = RequestContext::from_headers(&session.req_header().headers);
         state.request_id = context.request_id.clone();
         let request = session.req_header();
         let (method, path) = (request.method.clone(), request.uri.path().to_owned());
         let query = request.uri.query().map(str::to_owned);
         if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz") {
-            return Reply::json(200, br#"{"status":"ok"}"#.to_vec());
+            return Err(Reply::json(200, br#"{"status":"ok"}"#.to_vec()));
         }
         if method == Method::GET && path == "/openapi.json" {
-            return Reply {
+            return Err(Reply {
                 status: 200,
                 headers: vec![(header::CONTENT_TYPE, "application/json".into())],
                 body: self.openapi.clone(),
-            };
+            });
         }
         if method == Method::OPTIONS {
-            return self.preflight(session, &path);
+            return Err(self.preflight(session, &path));
         }
         let (route, bindings) = match self.router.find(&method, &path) {
             Ok(found) => found,
             Err(Miss::NotFound) => {
-                return Reply::status(&Status::not_found(format!("no route for {path}")));
+                return Err(Reply::status(&Status::not_found(format!(
+                    "no route for {path}"
+                ))));
             }
             Err(Miss::MethodNotAllowed(allowed)) => {
                 let mut reply = Reply::status(&Status::unimplemented(format!(
@@ -135,72 +229,117 @@ impl Gateway {
                 .with_status(405);
                 let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
                 reply.headers.push((header::ALLOW, allowed.join(", ")));
-                return reply;
+                return Err(reply);
             }
         };
         state.route = Some(route.template.to_string());
-        if route.method.is_server_streaming() {
-            return Reply::status(&Status::unimplemented(
-                "this route is not served over REST yet; use gRPC",
-            ));
+        if route.method.is_client_streaming() {
+            return Err(Reply::status(&Status::unimplemented(
+                "a client-streaming method is not served over REST; use gRPC",
+            )));
         }
+        // A stream may stay open for `stream_timeout`; its first message still has `timeout`
+        // (`open_stream`).
+        let limit = if route.method.is_server_streaming() {
+            self.stream_timeout
+        } else {
+            self.timeout
+        };
+        let deadline = Instant::now() + limit;
+        context.deadline = Some(context.deadline.map_or(deadline, |d| d.min(deadline)));
         // Limits per address first (cheap), then access: a caller without the right gets
         // 401/403 before its body is read; then limits per user.
-        if let Err(reply) = self.limit(route.rate_class, client_ip(session).map(Key::Ip)) {
-            return reply;
-        }
+        self.limit(route.rate_class, client_ip(session).map(Key::Ip))?;
         let authorization = session.get_header(header::AUTHORIZATION).cloned();
-        let caller = match self
+        let caller = self
             .authority
             .admit(&route.grpc_path, None, authorization.as_ref())
             .await
-        {
-            Ok(caller) => caller,
-            Err(error) => return Reply::status(&error.into()),
-        };
-        if let Err(reply) = self.limit(
+            .map_err(|error| Reply::status(&error.into()))?;
+        self.limit(
             route.rate_class,
             caller.map(|caller| Key::User(caller.user_id)),
-        ) {
-            return reply;
-        }
-        let body = match read_body(session, self.max_body_bytes).await {
-            Ok(body) => body,
-            Err(reply) => return reply,
-        };
-        let declared = match declared_headers(session, route) {
-            Ok(declared) => declared,
-            Err(status) => return Reply::status(&status),
-        };
+        )?;
+        let body = read_body(session, self.max_body_bytes).await?;
+        let declared = declared_headers(session, route).map_err(|status| Reply::status(&status))?;
         let content_type = session
             .get_header(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_owned();
-        let message =
-            match request_message(route, &bindings, query.as_deref(), &body, &content_type) {
-                Ok(message) => message,
-                Err(violations) => return Reply::status(&invalid_argument(&violations)),
-            };
-        if let Err(violations) = validate(&message) {
-            return Reply::status(&invalid_argument(&violations));
-        }
+        let message = request_message(route, &bindings, query.as_deref(), &body, &content_type)
+            .map_err(|violations| Reply::status(&invalid_argument(&violations)))?;
+        validate(&message).map_err(|violations| Reply::status(&invalid_argument(&violations)))?;
         let mut metadata = forwarded_metadata(session, authorization.as_ref());
         for (name, value) in declared {
             metadata.insert(name, value);
         }
-        let call = context.scope(self.upstreams.call(route, message, metadata));
-        match call.await {
-            Ok(response) => {
-                let mut reply = Reply::json(route.success_status, response_json(route, &response));
-                if authorization.is_some() {
-                    reply
-                        .headers
-                        .push((header::CACHE_CONTROL, "no-store".into()));
-                }
-                reply
+        Ok(Call {
+            route,
+            message,
+            metadata,
+            context,
+            authorized: authorization.is_some(),
+        })
+    }
+
+    /// Opens `route`'s server-streaming call and waits for its first message, for at most
+    /// `timeout` (within the stream's own deadline). A failure until then is an ordinary error
+    /// answer; so is the edge starting to shut down meanwhile.
+    async fn open_stream(
+        &self,
+        route: &Route,
+        message: DynamicMessage,
+        metadata: MetadataMap,
+        context: RequestContext,
+    ) -> Result<sse::Opened, Status> {
+        let now = tokio::time::Instant::now();
+        let ends_at = context
+            .remaining()
+            .map_or(now + self.stream_timeout, |left| now + left);
+        let first_by = ends_at.min(now + self.timeout);
+        let opening = async {
+            let mut rest = context
+                .scope(self.upstreams.server_streaming(route, message, metadata))
+                .await?;
+            let first = rest.message().await?;
+            Ok::<_, Status>((first, rest))
+        };
+        tokio::select! {
+            opened = tokio::time::timeout_at(first_by, opening) => match opened {
+                Ok(Ok((first, rest))) => Ok(sse::Opened { first, rest, ends_at }),
+                Ok(Err(status)) => Err(upstream_failure(route, status)),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "{} did not answer in time",
+                    route.service
+                ))),
+            },
+            () = self.shutdown.wait() => {
+                Err(Status::unavailable("the edge is shutting down; try again"))
             }
-            Err(status) => Reply::status(&upstream_failure(route, status)),
+        }
+    }
+
+    /// The headers every answer to a listed origin carries, and `Strict-Transport-Security`
+    /// over TLS.
+    fn decorate(&self, session: &Session, reply: &mut Reply) {
+        if let Some(origin) = self.allowed_origin(session)
+            && reply.status != 204
+        {
+            reply.headers.extend([
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into()),
+                (
+                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                    "retry-after, x-request-id".into(),
+                ),
+                (header::VARY, "Origin".into()),
+            ]);
+        }
+        if self.tls {
+            reply
+                .headers
+                .push((header::STRICT_TRANSPORT_SECURITY, HSTS.into()));
         }
     }
 
@@ -357,26 +496,27 @@ impl ProxyHttp for Gateway {
                 }
             };
         }
-        let mut reply = self.rest(session, state).await;
-        if let Some(origin) = self.allowed_origin(session)
-            && reply.status != 204
-        {
-            reply.headers.extend([
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
-                (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into()),
-                (
-                    header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                    "retry-after, x-request-id".into(),
-                ),
-                (header::VARY, "Origin".into()),
-            ]);
+        match self.rest(session, state).await {
+            Answer::Reply(mut reply) => {
+                self.decorate(session, &mut reply);
+                write_reply(session, reply, &state.request_id).await?;
+            }
+            Answer::Events(route, opened) => {
+                let mut reply = Reply::events();
+                self.decorate(session, &mut reply);
+                let head = response_head(&reply, &state.request_id)?;
+                let (end, events) = sse::serve(
+                    session,
+                    head,
+                    route,
+                    *opened,
+                    self.keep_alive,
+                    &self.shutdown,
+                )
+                .await;
+                state.stream = Some((end, events));
+            }
         }
-        if self.tls {
-            reply
-                .headers
-                .push((header::STRICT_TRANSPORT_SECURITY, HSTS.into()));
-        }
-        write_reply(session, reply, &state.request_id).await?;
         Ok(true)
     }
 
@@ -434,6 +574,8 @@ impl ProxyHttp for Gateway {
             status,
             elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = state.request_id,
+            stream_end = state.stream.map(|(end, _)| end.as_str()),
+            stream_events = state.stream.map(|(_, events)| events),
             error = error.map(|e| e.to_string()),
             "request"
         );
@@ -520,14 +662,6 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply
     }
 }
 
-/// The caller's request id and trace position, and the edge's deadline for the call.
-fn request_context(session: &Session, timeout: Duration) -> RequestContext {
-    let mut context = RequestContext::from_headers(&session.req_header().headers);
-    let deadline = Instant::now() + timeout;
-    context.deadline = Some(context.deadline.map_or(deadline, |d| d.min(deadline)));
-    context
-}
-
 /// What the service learns about the caller: its token, language and address.
 fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) -> MetadataMap {
     let mut metadata = MetadataMap::new();
@@ -560,7 +694,7 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 
 /// A failed call as the client should see it: the service's own status, or 503/504 when the
 /// service could not be reached in time.
-fn upstream_failure(route: &Route, status: Status) -> Status {
+pub(crate) fn upstream_failure(route: &Route, status: Status) -> Status {
     match status.code() {
         Code::Unavailable | Code::Unknown if status.get_error_details().error_info().is_none() => {
             tracing::warn!(service = route.service, error = %status.message(), "upstream unavailable");
@@ -576,20 +710,27 @@ fn upstream_failure(route: &Route, status: Status) -> Status {
 }
 
 async fn write_reply(session: &mut Session, reply: Reply, request_id: &str) -> pingora::Result<()> {
-    let mut response = ResponseHeader::build(reply.status, Some(8))?;
-    for (name, value) in reply.headers {
-        response.insert_header(name, value)?;
-    }
+    let mut response = response_head(&reply, request_id)?;
     response.insert_header(header::CONTENT_LENGTH, reply.body.len().to_string())?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(reply.body), true).await
+}
+
+/// The head of `reply`, with the headers every REST answer carries; the body's framing is the
+/// caller's.
+fn response_head(reply: &Reply, request_id: &str) -> pingora::Result<ResponseHeader> {
+    let mut response = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
+    for (name, value) in &reply.headers {
+        response.insert_header(name.clone(), value)?;
+    }
     response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
     response.insert_header(header::REFERRER_POLICY, "no-referrer")?;
     if !request_id.is_empty() {
         response.insert_header("x-request-id", request_id)?;
     }
-    session
-        .write_response_header(Box::new(response), false)
-        .await?;
-    session.write_response_body(Some(reply.body), true).await
+    Ok(response)
 }
 
 /// A trailers-only gRPC answer carrying `status`.

@@ -2,7 +2,8 @@
 //! `google.api.http` rules ([`routes`], [`template`]); requests are transcoded to gRPC and back
 //! ([`transcode`]), checked against each method's access rule before their body is read,
 //! validated with the same rules the services apply, and sent to the owning service
-//! ([`upstream`]). gRPC clients pass through to the services. [`gateway`] is the Pingora side.
+//! ([`upstream`]); server-streaming methods answer as Server-Sent Events ([`sse`]). gRPC
+//! clients pass through to the services. [`gateway`] is the Pingora side.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,7 @@ pub mod gateway;
 pub mod limits;
 pub mod openapi;
 pub mod routes;
+pub mod sse;
 pub mod template;
 pub mod transcode;
 pub mod upstream;
@@ -80,7 +82,10 @@ impl Service for Edge {
             max_body_bytes: config.max_body_bytes,
             max_header_bytes: config.max_header_bytes,
             timeout: config.timeout,
+            stream_timeout: config.stream_timeout,
+            keep_alive: sse::KEEP_ALIVE,
             client_timeout: config.client_timeout,
+            shutdown: context.shutdown.clone(),
         };
         if let Some(tls) = &config.tls {
             tls.check()?;

@@ -100,10 +100,7 @@ fn operation(route: &Route, schemas: &mut Schemas) -> Value {
         "description": comment(method.parent_file().file_descriptor_proto(), method.path()).unwrap_or_default(),
         "parameters": parameters,
         "responses": {
-            route.success_status.to_string(): {
-                "description": "Success.",
-                "content": {"application/json": {"schema": schemas.reference(&response_message(route))}},
-            },
+            route.success_status.to_string(): success(route, schemas),
             "default": {
                 "description": "An error, as a google.rpc.Status.",
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}},
@@ -133,6 +130,31 @@ fn operation(route: &Route, schemas: &mut Schemas) -> Value {
         _ => operation["security"] = json!([{"bearer": []}]),
     }
     operation
+}
+
+/// The success response: JSON, or for a server-streaming method a stream of Server-Sent
+/// Events whose `message` events each carry one response message as JSON.
+fn success(route: &Route, schemas: &mut Schemas) -> Value {
+    let message = response_message(route);
+    let schema = schemas.reference(&message);
+    if !route.method.is_server_streaming() {
+        return json!({
+            "description": "Success.",
+            "content": {"application/json": {"schema": schema}},
+        });
+    }
+    json!({
+        "description": format!(
+            "A stream of Server-Sent Events. Each `message` event's `data` is the JSON of one `{}` \
+             (the schema below), and its `id` counts the messages from 1. A failure after the \
+             first message, the stream's time limit or the edge shutting down ends the stream \
+             with an `error` event whose `data` is a google.rpc.Status; a failure before the \
+             first message is an ordinary error answer. Comments (`: keep-alive`) arrive while \
+             the stream is idle.",
+            message.full_name()
+        ),
+        "content": {"text/event-stream": {"schema": schema}},
+    })
 }
 
 fn response_message(route: &Route) -> MessageDescriptor {
@@ -349,6 +371,27 @@ mod tests {
             let name = reference.split('"').next().unwrap();
             assert!(schemas.contains_key(name), "unresolved {name}");
         }
+    }
+
+    #[test]
+    fn a_streaming_route_answers_events_of_its_message() {
+        let router = Router::from_descriptors(descriptors()).unwrap();
+        let document = document(&router);
+        let success = &document["paths"]["/v1/orders/{id}/events"]["get"]["responses"]["200"];
+        assert_eq!(
+            success["content"]["text/event-stream"]["schema"]["$ref"],
+            "#/components/schemas/shopmesh.orders.v1.WatchOrderResponse"
+        );
+        assert!(success["content"].get("application/json").is_none());
+        let description = success["description"].as_str().unwrap();
+        assert!(
+            description
+                .contains("`data` is the JSON of one `shopmesh.orders.v1.WatchOrderResponse`"),
+            "{description}"
+        );
+        // Unary routes keep their JSON answer.
+        let me = &document["paths"]["/v1/users/me"]["get"]["responses"]["200"];
+        assert!(me["content"].get("application/json").is_some());
     }
 
     #[test]

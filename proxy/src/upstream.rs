@@ -1,17 +1,20 @@
 //! Calling a service's method with a message known only by its descriptor: a tonic client with
 //! a codec of dynamic messages, over the platform's peer channels (which carry the request id,
-//! `traceparent` and deadline).
+//! `traceparent` and deadline). Unary methods answer one message; server-streaming ones a
+//! [`Streaming`] of them.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use bytes::Buf;
+use http::uri::PathAndQuery;
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use shopmesh_kit::grpc::PeerChannel;
+use tonic::client::Grpc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::routes::Route;
 
@@ -74,31 +77,62 @@ impl Upstreams {
         Self(channels)
     }
 
-    /// Calls `route`'s method with `message` and the forwarded `metadata`.
+    /// Calls `route`'s unary method with `message` and the forwarded `metadata`.
     pub async fn call(
         &self,
         route: &Route,
         message: DynamicMessage,
         metadata: MetadataMap,
     ) -> Result<DynamicMessage, Status> {
+        let (mut client, path, codec) = self.client(route).await?;
+        let request = request(message, metadata);
+        Ok(client.unary(request, path, codec).await?.into_inner())
+    }
+
+    /// Calls `route`'s server-streaming method with `message` and the forwarded `metadata`.
+    /// Resolves once the service has answered with its headers (or failed); the messages follow
+    /// on the returned stream. Dropping the stream cancels the call.
+    pub async fn server_streaming(
+        &self,
+        route: &Route,
+        message: DynamicMessage,
+        metadata: MetadataMap,
+    ) -> Result<Streaming<DynamicMessage>, Status> {
+        let (mut client, path, codec) = self.client(route).await?;
+        let request = request(message, metadata);
+        Ok(client
+            .server_streaming(request, path, codec)
+            .await?
+            .into_inner())
+    }
+
+    /// A ready client on `route`'s service, the method path and a codec for its output.
+    async fn client(
+        &self,
+        route: &Route,
+    ) -> Result<(Grpc<PeerChannel>, PathAndQuery, DynamicCodec), Status> {
         let channel = self.0.get(&route.service).cloned().ok_or_else(|| {
             Status::new(
                 Code::Unavailable,
                 format!("no upstream for service {}", route.service),
             )
         })?;
-        let mut client = tonic::client::Grpc::new(channel);
+        let mut client = Grpc::new(channel);
         client
             .ready()
             .await
             .map_err(|e| Status::unavailable(format!("{} is unavailable: {e}", route.service)))?;
-        let path = http::uri::PathAndQuery::from_str(&route.grpc_path)
+        let path = PathAndQuery::from_str(&route.grpc_path)
             .map_err(|e| Status::internal(format!("bad method path: {e}")))?;
-        let mut request = tonic::Request::new(message);
-        *request.metadata_mut() = metadata;
         let codec = DynamicCodec {
             output: route.method.output(),
         };
-        Ok(client.unary(request, path, codec).await?.into_inner())
+        Ok((client, path, codec))
     }
+}
+
+fn request(message: DynamicMessage, metadata: MetadataMap) -> tonic::Request<DynamicMessage> {
+    let mut request = tonic::Request::new(message);
+    *request.metadata_mut() = metadata;
+    request
 }
