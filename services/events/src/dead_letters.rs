@@ -56,5 +56,6 @@ pub async fn handle(
         }
         read.push(delivery.event);
     }
+    subscriber.close().await?;
     Ok(read)
 }

@@ -180,6 +180,12 @@ pub trait Subscriber: Send {
 
     /// The event could not be handled now; redeliver it after the back-off.
     async fn nack(&mut self, delivery: &Delivery) -> Result<(), EventError>;
+
+    /// Leaves the subscription now, so events delivered but not acknowledged go to the next
+    /// consumer at once (dropping a subscriber may leave them held until a time-out).
+    async fn close(self: Box<Self>) -> Result<(), EventError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,29 @@ impl std::fmt::Debug for PulsarBus {
 }
 
 impl PulsarBus {
+    /// Creates the durable subscription `subscription` on `topic` if it does not exist, so
+    /// messages are kept for it from now on.
+    async fn ensure_subscription(&self, topic: &str, subscription: &str) -> Result<(), EventError> {
+        let mut consumer: Consumer<Vec<u8>, TokioExecutor> = self
+            .client
+            .consumer()
+            .with_topic(self.full_name(topic))
+            .with_subscription(subscription)
+            .with_subscription_type(SubType::Shared)
+            .with_options(
+                ConsumerOptions::default()
+                    .durable(true)
+                    .with_initial_position(InitialPosition::Earliest),
+            )
+            .build()
+            .await
+            .map_err(|e| EventError::Pulsar(format!("subscribe {subscription} to {topic}: {e}")))?;
+        consumer
+            .close()
+            .await
+            .map_err(|e| EventError::Pulsar(format!("close {subscription} on {topic}: {e}")))
+    }
+
     /// Connects to the broker at `url` (`pulsar://host:6650`); topics live in `namespace`
     /// (`tenant/namespace`, e.g. `public/default`).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, EventError> {
@@ -186,6 +209,13 @@ impl EventBus for PulsarBus {
             .build()
             .await
             .map_err(|e| EventError::Pulsar(format!("subscribe {subscription} to {topic}: {e}")))?;
+        if !topic.ends_with(".dlq") {
+            // Pulsar keeps a message only for the subscriptions that exist when it is written:
+            // the operators' subscription must exist before the first letter lands.
+            let letters = dead_letter_topic(topic, subscription);
+            self.ensure_subscription(&letters, crate::dead_letters::ADMIN_SUBSCRIPTION)
+                .await?;
+        }
         Ok(Box::new(PulsarSubscriber {
             consumer,
             topic: self.full_name(topic),
@@ -236,6 +266,13 @@ impl PulsarSubscriber {
 
 #[async_trait]
 impl Subscriber for PulsarSubscriber {
+    async fn close(mut self: Box<Self>) -> Result<(), EventError> {
+        self.consumer
+            .close()
+            .await
+            .map_err(|e| EventError::Pulsar(format!("close consumer on {}: {e}", self.topic)))
+    }
+
     async fn next(&mut self) -> Result<Delivery, EventError> {
         loop {
             self.send_due_nacks().await?;
