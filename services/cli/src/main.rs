@@ -216,7 +216,10 @@ fn main() -> ExitCode {
                 );
             }
             let verb = if replay { "replayed" } else { "waiting" };
-            println!("{} dead letters {verb} for {topic} / {subscription}", events.len());
+            println!(
+                "{} dead letters {verb} for {topic} / {subscription}",
+                events.len()
+            );
             Ok(())
         }),
         Command::Auth(AuthCommand::RotateKeys { target }) => {

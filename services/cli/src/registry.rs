@@ -9,5 +9,6 @@ pub static SERVICES: &[&'static dyn Service] = &[
     &shopmesh_auth::Auth,
     &shopmesh_catalog::Catalog,
     &shopmesh_orders::Orders,
+    &shopmesh_payments::Payments,
     &shopmesh_edge::Edge,
 ];

@@ -8,10 +8,24 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Answer, Platform, admin, customer, embedded, http};
+use shopmesh_proto::shopmesh::catalog::v1::CreateCategoryRequest;
+use shopmesh_proto::shopmesh::catalog::v1::catalog_service_client::CatalogServiceClient;
+use support::{Answer, Platform, admin, bearer, customer, embedded, http};
 
-/// Creates a product through the edge; returns its id.
+/// Creates a product (in a category of its own) through the edge; returns its id.
 async fn product(platform: &Platform, token: &str, sku: &str, stock: i32) -> String {
+    let category = CatalogServiceClient::new(platform.channel("catalog"))
+        .create_category(bearer(
+            CreateCategoryRequest {
+                slug: sku.to_ascii_lowercase(),
+                name: format!("Lamps {sku}"),
+                ..CreateCategoryRequest::default()
+            },
+            token.trim_start_matches("Bearer "),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let created = http(
         &platform.edge,
         "POST",
@@ -21,6 +35,7 @@ async fn product(platform: &Platform, token: &str, sku: &str, stock: i32) -> Str
             "sku": sku,
             "title": format!("Lamp {sku}"),
             "price": {"currency_code": "EUR", "amount_minor": "2500"},
+            "category_id": category.id,
             "stock": stock,
         }))
         .unwrap(),

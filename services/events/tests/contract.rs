@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use shopmesh_events::testing::{TestBus, unique_topic};
 use shopmesh_events::dead_letters::{self, Action};
+use shopmesh_events::testing::{TestBus, unique_topic};
 use shopmesh_events::{Delivery, Event, SubscribeOptions, Subscriber, dead_letter_topic};
 use shopmesh_storage::contract_suite;
 
@@ -168,14 +168,20 @@ async fn dead_letters_after_max_attempts(bed: TestBus) {
     let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
     let idle = Duration::from_secs(2);
     let inspected = dead_letters::handle(&bus, &topic, "failing", Action::Inspect, 10, idle);
-    assert_eq!(ids(inspected.await.unwrap()), [poison.id.clone()]);
+    assert_eq!(ids(inspected.await.unwrap()), std::slice::from_ref(&poison.id));
     let replayed = dead_letters::handle(&bus, &topic, "failing", Action::Replay, 10, idle * 3);
-    assert_eq!(ids(replayed.await.unwrap()), [poison.id.clone()]);
+    assert_eq!(ids(replayed.await.unwrap()), std::slice::from_ref(&poison.id));
     let back = next(&mut subscriber).await;
-    assert_eq!(back.event.id, poison.id, "the replayed event is delivered again");
+    assert_eq!(
+        back.event.id, poison.id,
+        "the replayed event is delivered again"
+    );
     subscriber.ack(&back).await.unwrap();
     let left = dead_letters::handle(&bus, &topic, "failing", Action::Inspect, 10, idle);
-    assert!(left.await.unwrap().is_empty(), "a replayed letter leaves the dead-letter topic");
+    assert!(
+        left.await.unwrap().is_empty(),
+        "a replayed letter leaves the dead-letter topic"
+    );
 }
 
 async fn a_restarted_consumer_resumes_without_loss(bed: TestBus) {

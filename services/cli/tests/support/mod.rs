@@ -346,10 +346,12 @@ pub async fn http(
     }
     head.push_str("\r\n");
     let body = body.to_vec();
-    // The edge may answer (413) before it has read a large body: write while reading.
+    // The edge may answer (413) before it has read a large body: write while reading. The
+    // writer stays open until the answer is read, since a closed side means "client gone".
     let writing = tokio::spawn(async move {
         writer.write_all(head.as_bytes()).await?;
-        writer.write_all(&body).await
+        writer.write_all(&body).await?;
+        Ok::<_, std::io::Error>(writer)
     });
     let mut raw = Vec::new();
     let _ = reader.read_to_end(&mut raw).await;
