@@ -112,7 +112,8 @@ pub struct HttpArgs {
     #[arg(long, value_name = "FILE")]
     pub body: Option<PathBuf>,
 
-    /// A request header, `Name: value`; repeat for several.
+    /// A request header, `Name: value`; repeat for several. The value `{unique}` stands for a
+    /// value unique to each request (e.g. `-H 'Idempotency-Key: {unique}'`).
     #[arg(long = "header", short = 'H', value_name = "HEADER")]
     pub headers: Vec<String>,
 

@@ -37,8 +37,16 @@ pub struct HttpTarget {
     /// Origin form (`/path?query`) on HTTP/1.1, absolute on h2 (it becomes `:authority`).
     uri: Uri,
     headers: HeaderMap,
+    /// Headers given as [`UNIQUE`]: a fresh value on every request (e.g. `Idempotency-Key`).
+    unique: Vec<HeaderName>,
+    /// This run's prefix of unique values, so they differ from every earlier run's too.
+    run: String,
+    sent: std::sync::atomic::AtomicU64,
     body: Bytes,
 }
+
+/// A header value that stands for a value unique to each request.
+pub const UNIQUE: &str = "{unique}";
 
 impl HttpTarget {
     /// Checks `spec` and resolves its host once, so that lookups are not measured.
@@ -69,8 +77,13 @@ impl HttpTarget {
             .map_err(|_| url_error(&format!("invalid HTTP method {:?}", spec.method)))?;
 
         let mut headers = HeaderMap::new();
+        let mut unique = Vec::new();
         for line in &spec.headers {
             let (name, value) = parse_header(line)?;
+            if value == UNIQUE {
+                unique.push(name);
+                continue;
+            }
             headers.append(name, value);
         }
         let path = uri
@@ -94,6 +107,15 @@ impl HttpTarget {
             method,
             uri,
             headers,
+            unique,
+            run: format!(
+                "{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
+            sent: std::sync::atomic::AtomicU64::new(0),
             body: spec.body,
         })
     }
@@ -103,6 +125,12 @@ impl HttpTarget {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
+        for name in &self.unique {
+            let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(value) = HeaderValue::try_from(format!("{}-{n}", self.run)) {
+                request.headers_mut().insert(name.clone(), value);
+            }
+        }
         *request.version_mut() = if self.h2 {
             Version::HTTP_2
         } else {
@@ -241,6 +269,24 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn unique_headers_differ_on_every_request() {
+        let mut unique = spec("http://127.0.0.1:8080/v1/orders", false);
+        unique.headers.push(format!("Idempotency-Key: {UNIQUE}"));
+        let target = HttpTarget::new(unique).await.unwrap();
+        let keys: std::collections::HashSet<String> = (0..100)
+            .map(|_| {
+                let request = target.request();
+                request.headers()["idempotency-key"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(keys.len(), 100);
+        assert!(!keys.contains(UNIQUE));
     }
 
     #[tokio::test]

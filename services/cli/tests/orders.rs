@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shopmesh_proto::shopmesh::catalog::v1::CreateCategoryRequest;
 use shopmesh_proto::shopmesh::catalog::v1::catalog_service_client::CatalogServiceClient;
+use shopmesh_proto::shopmesh::payments::v1::payment_service_client::PaymentServiceClient;
+use shopmesh_proto::shopmesh::payments::v1::{ListOrderPaymentsRequest, PaymentStatus};
 use support::{Answer, Platform, admin, bearer, customer, embedded, http};
 
 /// Creates a product (in a category of its own) through the edge; returns its id.
@@ -360,4 +362,138 @@ async fn of_two_orders_for_the_last_unit_exactly_one_wins() {
     outcomes.sort();
     assert_eq!(outcomes, ["ORDER_STATUS_PAID", "ORDER_STATUS_REJECTED"]);
     assert_eq!(stock(&platform, &lamp).await, 0);
+}
+
+#[tokio::test]
+async fn a_crash_mid_pipeline_loses_no_order_and_charges_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    // One customer places a burst: lift checkout's rate limits for it.
+    let burst: Vec<String> = ["per_ip", "per_user"]
+        .iter()
+        .flat_map(|key| {
+            [
+                format!("services.edge.limits.checkout.{key}.per_second=1000"),
+                format!("services.edge.limits.checkout.{key}.burst=1000"),
+            ]
+        })
+        .collect();
+    let platform = Platform::start(dir.path(), &burst).await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "LAMP-4", 40).await;
+    let ada = customer(&platform, "ada@example.com").await;
+    let (answered, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for n in 0..30 {
+        let (edge, token, lamp) = (platform.edge.clone(), ada.clone(), lamp.clone());
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            let card = if n % 3 == 2 {
+                "pm_card_chargeDeclined"
+            } else {
+                "pm_card_visa"
+            };
+            let key = format!("crash-{n}");
+            let headers = [("authorization", token.as_str()), ("idempotency-key", &key)];
+            // A request the crash cuts off has no answer (the task ends on the closed socket).
+            let answer = http(
+                &edge,
+                "POST",
+                "/v1/orders",
+                &headers,
+                &order_body(&lamp, 1, card),
+            )
+            .await;
+            let _ = answered.send(answer);
+        });
+    }
+    drop(answered);
+    // Crash once a third of the burst is accepted: the rest is in flight or not yet sent, and
+    // the accepted orders are somewhere in the saga.
+    let mut accepted = Vec::new();
+    while accepted.len() < 10 {
+        let answer = answers.recv().await.expect("answers before the crash");
+        assert_eq!(answer.status, 202, "{answer:?}");
+        accepted.push(answer.json()["id"].as_str().unwrap().to_owned());
+    }
+    platform.kill().await;
+    while let Some(answer) = answers.recv().await {
+        if answer.status == 202 {
+            accepted.push(answer.json()["id"].as_str().unwrap().to_owned());
+        }
+    }
+
+    let platform = Platform::start(dir.path(), &burst).await;
+    let ends = [
+        "ORDER_STATUS_PAID",
+        "ORDER_STATUS_PAYMENT_FAILED",
+        "ORDER_STATUS_REJECTED",
+    ];
+    let mut orders = Vec::new();
+    for _ in 0..300 {
+        let list = http(
+            &platform.edge,
+            "GET",
+            "/v1/orders?page_size=100",
+            &[("authorization", &ada)],
+            b"",
+        )
+        .await;
+        assert_eq!(list.status, 200, "{list:?}");
+        orders = list.json()["orders"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if orders
+            .iter()
+            .all(|o| ends.contains(&o["status"].as_str().unwrap_or_default()))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = |o: &Value| o["status"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        orders.iter().all(|o| ends.contains(&status(o).as_str())),
+        "every order reaches an end after the restart: {:?}",
+        orders.iter().map(status).collect::<Vec<_>>()
+    );
+    for id in &accepted {
+        assert!(
+            orders.iter().any(|o| o["id"] == id.as_str()),
+            "accepted order {id} was lost"
+        );
+    }
+
+    let mut payments = PaymentServiceClient::new(platform.channel("payments"));
+    let mut paid = 0;
+    for order in &orders {
+        let id = order["id"].as_str().unwrap().to_owned();
+        let attempts = payments
+            .list_order_payments(ListOrderPaymentsRequest {
+                order_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payments;
+        let charged = attempts
+            .iter()
+            .filter(|p| p.status == PaymentStatus::Succeeded as i32)
+            .count();
+        if status(order) == "ORDER_STATUS_PAID" {
+            assert_eq!(charged, 1, "paid order {id} was charged {charged} times");
+            paid += 1;
+        } else {
+            assert_eq!(charged, 0, "unpaid order {id} was charged");
+        }
+    }
+    assert!(paid > 0, "some orders were paid: {orders:#?}");
+    let mut settled = false;
+    for _ in 0..100 {
+        if stock(&platform, &lamp).await == 40 - paid {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "stock is 40 less the {paid} paid units");
 }

@@ -168,9 +168,15 @@ async fn dead_letters_after_max_attempts(bed: TestBus) {
     let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
     let idle = Duration::from_secs(2);
     let inspected = dead_letters::handle(&bus, &topic, "failing", Action::Inspect, 10, idle);
-    assert_eq!(ids(inspected.await.unwrap()), std::slice::from_ref(&poison.id));
+    assert_eq!(
+        ids(inspected.await.unwrap()),
+        std::slice::from_ref(&poison.id)
+    );
     let replayed = dead_letters::handle(&bus, &topic, "failing", Action::Replay, 10, idle * 3);
-    assert_eq!(ids(replayed.await.unwrap()), std::slice::from_ref(&poison.id));
+    assert_eq!(
+        ids(replayed.await.unwrap()),
+        std::slice::from_ref(&poison.id)
+    );
     let back = next(&mut subscriber).await;
     assert_eq!(
         back.event.id, poison.id,

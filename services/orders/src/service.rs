@@ -155,6 +155,7 @@ impl OrderHandler {
                 }
             };
             let now = now_ms().max(order.updated_at_ms);
+            let before = order.status;
             for to in path {
                 order.body.history.push(Transition {
                     from: Some(order.status),
@@ -181,6 +182,7 @@ impl OrderHandler {
                 Ok(true) => {
                     self.relay.notify_one();
                     let _ = self.changes.send(order.id);
+                    record(&order, before);
                     return Ok(Applied::Changed(order));
                 }
                 Ok(false) => return Ok(Applied::Duplicate),
@@ -423,6 +425,19 @@ impl OrderHandler {
             updated_at_ms: now,
             version: 1,
         })
+    }
+}
+
+/// Counts a change of status, and times checkout from acceptance to payment.
+fn record(order: &OrderRecord, before: Status) {
+    if order.status == before {
+        return;
+    }
+    metrics::counter!("shopmesh_orders_transitions_total", "to" => order.status.as_str())
+        .increment(1);
+    if order.status == Status::Paid {
+        let waited = (order.updated_at_ms - order.created_at_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("shopmesh_orders_time_to_paid_seconds").record(waited);
     }
 }
 

@@ -236,7 +236,8 @@ const CQL: &[Migration] = &[
                 body text,
                 created_at bigint,
                 updated_at bigint,
-                version bigint
+                version bigint,
+                pending text
             );
             CREATE TABLE IF NOT EXISTS orders_by_user (
                 user_id uuid,

@@ -245,3 +245,58 @@ contract_suite! {
         purchases_count_only_paid_orders,
     ]
 }
+
+/// On CQL a change parks its events in the order row before they reach the outbox; a writer
+/// that dies in between leaves them there, and the next read moves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_events_parked_by_a_dead_writer_move_on_the_next_read() {
+    let Some(cql) = testing::cql(MIGRATIONS.cql).await else {
+        return;
+    };
+    let store = CqlOrders::new(cql.clone()).await.unwrap();
+    let (ada, lamp) = (Uuid::now_v7(), Uuid::now_v7());
+    let placed = order(ada, lamp, 1_000);
+    store
+        .create(&placed, &key(ada, "k", 1), &events(&placed))
+        .await
+        .unwrap();
+    // What a writer that died after its conditional update leaves behind.
+    let parked = serde_json::json!([{
+        "topic": "test.orders", "id": "parked-event", "key": placed.id.to_string(),
+        "kind": "test.OrderEvent", "payload": [], "headers": {}, "occurred_at_ms": 1_500
+    }]);
+    cql.session()
+        .query_unpaged(
+            "UPDATE orders SET pending = ? WHERE id = ?",
+            (parked.to_string(), placed.id),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.order(placed.id).await.unwrap().unwrap(), placed);
+    let (pending,): (Option<String>,) = cql
+        .session()
+        .query_unpaged("SELECT pending FROM orders WHERE id = ?", (placed.id,))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert_eq!(pending, None, "the parked events left the row");
+    let outbox: Vec<(String,)> = cql
+        .session()
+        .query_unpaged("SELECT id FROM outbox", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        outbox.iter().any(|(id,)| id == "parked-event"),
+        "{outbox:?}"
+    );
+}

@@ -126,6 +126,14 @@ impl Platform {
             .connect_lazy()
     }
 
+    /// Kills the platform with SIGKILL: no drain, no clean-up, as a crash or `kill -9` would.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("send SIGKILL");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exit within 10 s of SIGKILL");
+    }
+
     /// Stops the platform with SIGINT, as Ctrl-C would, and checks it exits 0 in time; returns
     /// what it printed.
     pub async fn stop(mut self) -> Vec<String> {

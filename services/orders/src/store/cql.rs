@@ -1,7 +1,10 @@
 //! Orders on CQL. An idempotency key is claimed with a lightweight transaction, then the order,
 //! its listing entry and its event go in one logged batch. Changes are conditional on the
-//! version (an LWT), so their events are written after the change succeeds; a saga event is
-//! claimed in the inbox first, so a redelivery does not apply twice.
+//! version (an LWT), which cannot share a batch with the outbox: a change carries its events in
+//! the order row (`pending`), and they move to the outbox right after. A crash in between
+//! leaves them in the row, and the next read of the order moves them (the saga event that
+//! caused the change is redelivered, and reads the order again). A saga event is claimed in the
+//! inbox first, so a redelivery does not apply twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +30,46 @@ const ABANDONED_CLAIM_MS: i64 = 60_000;
 /// How long a saga event claimed by a consumer that died stays claimed.
 const INBOX_LEASE: Duration = Duration::from_secs(60);
 
-type OrderRow = (Uuid, Uuid, String, String, i64, i64, i64);
+type OrderRow = (Uuid, Uuid, String, String, i64, i64, i64, Option<String>);
+
+/// An event waiting in an order row for the outbox.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Parked {
+    topic: String,
+    id: String,
+    key: String,
+    kind: String,
+    payload: Vec<u8>,
+    headers: std::collections::BTreeMap<String, String>,
+    occurred_at_ms: i64,
+}
+
+impl Parked {
+    fn of(outgoing: &Outgoing) -> Self {
+        let event = &outgoing.event;
+        Self {
+            topic: outgoing.topic.to_owned(),
+            id: event.id.clone(),
+            key: event.key.clone(),
+            kind: event.kind.clone(),
+            payload: event.payload.clone(),
+            headers: event.headers.clone(),
+            occurred_at_ms: event.occurred_at_ms,
+        }
+    }
+
+    fn row(&self) -> Result<OutboxRow, StoreError> {
+        let event = shopmesh_events::Event {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            headers: self.headers.clone(),
+            occurred_at_ms: self.occurred_at_ms,
+        };
+        OutboxRow::new(&self.topic, &event).map_err(|e| StorageError::Corrupt(e.to_string()).into())
+    }
+}
 
 pub struct CqlOrders {
     cql: Cql,
@@ -40,6 +82,7 @@ pub struct CqlOrders {
     insert_product: PreparedStatement,
     select_order: PreparedStatement,
     update_order: PreparedStatement,
+    clear_parked: PreparedStatement,
     list_by_user: PreparedStatement,
     purchases: PreparedStatement,
 }
@@ -75,13 +118,16 @@ impl CqlOrders {
                 )
                 .await?,
             select_order: cql
-                .prepare(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?"))
+                .prepare(&format!("SELECT {COLUMNS}, pending FROM orders WHERE id = ?"))
                 .await?,
             update_order: cql
                 .prepare(
-                    "UPDATE orders SET status = ?, body = ?, updated_at = ?, version = ? \
+                    "UPDATE orders SET status = ?, body = ?, updated_at = ?, version = ?, pending = ? \
                      WHERE id = ? IF version = ?",
                 )
+                .await?,
+            clear_parked: cql
+                .prepare("UPDATE orders SET pending = null WHERE id = ? IF version = ?")
                 .await?,
             list_by_user: cql
                 .prepare(
@@ -153,7 +199,7 @@ impl CqlOrders {
 }
 
 fn record(row: OrderRow) -> Result<OrderRecord, StoreError> {
-    let (id, user_id, status, body, created_at_ms, updated_at_ms, version) = row;
+    let (id, user_id, status, body, created_at_ms, updated_at_ms, version, _) = row;
     Ok(OrderRecord {
         id,
         user_id,
@@ -223,11 +269,19 @@ impl OrderStore for CqlOrders {
     }
 
     async fn order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
-        self.cql
+        let Some(row) = self
+            .cql
             .first_row::<OrderRow>(&self.select_order, (id,))
             .await?
-            .map(record)
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        if let Some(parked) = row.7.as_deref().filter(|p| !p.is_empty()) {
+            // A change whose events did not reach the outbox (its writer died): move them now.
+            let parked: Vec<Parked> = serde_json::from_str(parked)?;
+            self.unpark(id, row.6, &parked).await?;
+        }
+        record(row).map(Some)
     }
 
     async fn list(
@@ -320,6 +374,7 @@ impl OrderStore for CqlOrders {
 
 impl CqlOrders {
     async fn write(&self, order: &OrderRecord, events: &[Outgoing]) -> Result<(), StoreError> {
+        let parked: Vec<Parked> = events.iter().map(Parked::of).collect();
         let written = self
             .cql
             .execute(
@@ -329,6 +384,9 @@ impl CqlOrders {
                     serde_json::to_string(&order.body)?,
                     order.updated_at_ms,
                     order.version,
+                    (!parked.is_empty())
+                        .then(|| serde_json::to_string(&parked))
+                        .transpose()?,
                     order.id,
                     order.version - 1,
                 ),
@@ -337,6 +395,19 @@ impl CqlOrders {
         if !lwt_applied(written)? {
             return Err(StoreError::Conflict);
         }
-        self.publish(events).await
+        self.unpark(order.id, order.version, &parked).await
+    }
+
+    /// Moves the events parked in an order row at `version` to the outbox, then clears them
+    /// (unless the order changed meanwhile: the newer change parked its own).
+    async fn unpark(&self, id: Uuid, version: i64, parked: &[Parked]) -> Result<(), StoreError> {
+        if parked.is_empty() {
+            return Ok(());
+        }
+        for event in parked {
+            self.cql.execute(self.outbox.insert(), event.row()?).await?;
+        }
+        self.cql.execute(&self.clear_parked, (id, version)).await?;
+        Ok(())
     }
 }
