@@ -545,6 +545,10 @@ impl OrderService for OrderApi {
             key: idempotency_key(request.metadata())?,
             fingerprint: fingerprint(request.get_ref()),
         };
+        // A retry is answered from what its key made, without asking catalog again.
+        if let Some(made) = self.store.keyed(&key).await.map_err(storage)? {
+            return Ok(Response::new(self.view(&answer(made)?)?));
+        }
         let accepted = locale::accepted(request.metadata());
         let language = request.metadata().get("accept-language").cloned();
         let order = self
@@ -576,14 +580,7 @@ impl OrderService for OrderApi {
                     metrics::counter!("shopmesh_orders_created_total").increment(1);
                     order
                 }
-                Created::Existing(existing) => *existing,
-                Created::KeyReused => {
-                    return Err(Error::already_exists(
-                        "IDEMPOTENCY_KEY_REUSED",
-                        "this Idempotency-Key was used for another order; use a new key",
-                    )
-                    .into());
-                }
+                made => answer(made)?,
             };
         Ok(Response::new(self.view(&order)?))
     }
@@ -791,6 +788,21 @@ impl OrderService for OrderApi {
             purchased: found.is_some(),
             order_id: found.map(|id| id.to_string()).unwrap_or_default(),
         }))
+    }
+}
+
+/// The order an earlier use of a key made, or why the key cannot be used again.
+fn answer(made: Created) -> Result<OrderRecord> {
+    match made {
+        Created::Existing(existing) => Ok(*existing),
+        Created::KeyReused => Err(Error::already_exists(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used for another order; use a new key",
+        )),
+        Created::New => Err(Error::internal(
+            "idempotency",
+            "a new order is no answer to a retry",
+        )),
     }
 }
 

@@ -145,6 +145,10 @@ pub trait OrderStore: Send + Sync + 'static {
         events: &[Outgoing],
     ) -> Result<Created, StoreError>;
 
+    /// What `key` made before, if anything: [`Created::Existing`] for the same request,
+    /// [`Created::KeyReused`] for another. A retry is answered from here without new work.
+    async fn keyed(&self, key: &IdempotencyKey) -> Result<Option<Created>, StoreError>;
+
     async fn order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A user's orders, newest first, before `before`; only `status` when given.

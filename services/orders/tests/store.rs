@@ -101,6 +101,16 @@ async fn keys_make_creation_idempotent_per_customer((store, _db): Subject) {
         Created::KeyReused
     );
     assert_eq!(store.order(retry.id).await.unwrap(), None);
+    match store.keyed(&key(ada, "k", 1)).await.unwrap() {
+        Some(Created::Existing(existing)) => assert_eq!(*existing, first),
+        other => panic!("expected the first order, got {other:?}"),
+    }
+    assert_eq!(
+        store.keyed(&key(ada, "k", 2)).await.unwrap(),
+        Some(Created::KeyReused)
+    );
+    assert_eq!(store.keyed(&key(ada, "other", 1)).await.unwrap(), None);
+    assert_eq!(store.keyed(&key(bob, "k", 1)).await.unwrap(), None);
     let bobs = order(bob, lamp, 3_000);
     assert_eq!(
         store

@@ -258,6 +258,11 @@ pub async fn embedded() -> (Platform, tempfile::TempDir) {
 
 /// The platform on the test bed's CQL server and Pulsar, or `None` when a local run has none.
 pub async fn on_engines() -> Option<(Platform, tempfile::TempDir)> {
+    on_engines_with(&[]).await
+}
+
+/// [`on_engines`] with more `key=value` settings.
+pub async fn on_engines_with(extra: &[String]) -> Option<(Platform, tempfile::TempDir)> {
     let cql = shopmesh_kit::testbed::address("SHOPMESH_TEST_CQL", "cql")?;
     let pulsar = shopmesh_kit::testbed::address("SHOPMESH_TEST_PULSAR", "pulsar")?;
     let dir = tempfile::tempdir().unwrap();
@@ -269,6 +274,7 @@ pub async fn on_engines() -> Option<(Platform, tempfile::TempDir)> {
         "events.backend=\"pulsar\"".to_owned(),
         format!("events.url=\"{pulsar}\""),
     ];
+    let settings: Vec<String> = settings.into_iter().chain(extra.iter().cloned()).collect();
     Some((Platform::start(dir.path(), &settings).await, dir))
 }
 
@@ -308,6 +314,17 @@ async fn login(platform: &Platform, email: &str, password: &str) -> String {
     .await;
     assert_eq!(login.status, 200, "{login:?}");
     format!("Bearer {}", login.json()["access_token"].as_str().unwrap())
+}
+
+/// Runs the test bed script (`up` or `down` of engines), as an operator would.
+pub fn testbed(args: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new(root.join("scripts/testbed"))
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .expect("run scripts/testbed");
+    assert!(status.success(), "scripts/testbed {args:?} failed");
 }
 
 /// An HTTP answer as a test reads it.

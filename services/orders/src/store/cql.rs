@@ -76,6 +76,7 @@ pub struct CqlOrders {
     outbox: Arc<CqlOutbox>,
     inbox: CqlInbox,
     claim_key: PreparedStatement,
+    select_key: PreparedStatement,
     take_over_key: PreparedStatement,
     insert_order: PreparedStatement,
     insert_by_user: PreparedStatement,
@@ -96,6 +97,11 @@ impl CqlOrders {
                 .prepare(
                     "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, created_at) \
                      VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+                )
+                .await?,
+            select_key: cql
+                .prepare(
+                    "SELECT fingerprint, order_id FROM idempotency_keys WHERE user_id = ? AND key = ?",
                 )
                 .await?,
             take_over_key: cql
@@ -266,6 +272,22 @@ impl OrderStore for CqlOrders {
         }
         self.insert(order, events).await?;
         Ok(Created::New)
+    }
+
+    async fn keyed(&self, key: &IdempotencyKey) -> Result<Option<Created>, StoreError> {
+        let used: Option<(Vec<u8>, Uuid)> = self
+            .cql
+            .first_row(&self.select_key, (key.user_id, &key.key))
+            .await?;
+        Ok(match used {
+            None => None,
+            Some((fingerprint, _)) if fingerprint != key.fingerprint => Some(Created::KeyReused),
+            // Claimed, but the order may not be written yet: let `create` decide.
+            Some((_, order_id)) => self
+                .order(order_id)
+                .await?
+                .map(|existing| Created::Existing(Box::new(existing))),
+        })
     }
 
     async fn order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {

@@ -38,11 +38,30 @@ fn order(row: &Row<'_>) -> rusqlite::Result<OrderRecord> {
     })
 }
 
-fn load(tx: &Transaction<'_>, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
-    Ok(tx
+/// What `key` made before, if anything (see [`OrderStore::keyed`]).
+fn keyed(db: &rusqlite::Connection, key: &IdempotencyKey) -> Result<Option<Created>, StoreError> {
+    let used: Option<(Vec<u8>, String)> = db
+        .prepare_cached(
+            "SELECT fingerprint, order_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
+        )?
+        .query_row(params![key.user_id.to_string(), key.key], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let Some((fingerprint, order_id)) = used else {
+        return Ok(None);
+    };
+    if fingerprint != key.fingerprint {
+        return Ok(Some(Created::KeyReused));
+    }
+    let id = Uuid::parse_str(&order_id)
+        .map_err(|e| StoreError::from(shopmesh_storage::StorageError::Corrupt(e.to_string())))?;
+    let existing = db
         .prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE id = ?1"))?
         .query_row([id.to_string()], order)
-        .optional()?)
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    Ok(Some(Created::Existing(Box::new(existing))))
 }
 
 fn enqueue(tx: &Transaction<'_>, events: &[Outgoing]) -> Result<(), StoreError> {
@@ -63,24 +82,8 @@ impl OrderStore for SqliteOrders {
         let (order, key, events) = (order.clone(), key.clone(), events.to_vec());
         self.0
             .write(move |tx| {
-                let used: Option<(Vec<u8>, String)> = tx
-                    .prepare_cached(
-                        "SELECT fingerprint, order_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2",
-                    )?
-                    .query_row(params![key.user_id.to_string(), key.key], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
-                    .optional()?;
-                if let Some((fingerprint, order_id)) = used {
-                    if fingerprint != key.fingerprint {
-                        return Ok(Created::KeyReused);
-                    }
-                    let id = Uuid::parse_str(&order_id).map_err(|e| {
-                        StoreError::from(shopmesh_storage::StorageError::Corrupt(e.to_string()))
-                    })?;
-                    return load(tx, id)?
-                        .map(|existing| Created::Existing(Box::new(existing)))
-                        .ok_or(StoreError::NotFound);
+                if let Some(made) = keyed(tx, &key)? {
+                    return Ok(made);
                 }
                 tx.prepare_cached(
                     "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -119,6 +122,11 @@ impl OrderStore for SqliteOrders {
                 Ok(Created::New)
             })
             .await
+    }
+
+    async fn keyed(&self, key: &IdempotencyKey) -> Result<Option<Created>, StoreError> {
+        let key = key.clone();
+        self.0.read(move |db| keyed(db, &key)).await
     }
 
     async fn order(&self, id: Uuid) -> Result<Option<OrderRecord>, StoreError> {
