@@ -8,6 +8,9 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use shopmesh_kit::Secret;
+use shopmesh_kit::crypto::MasterKey;
+use shopmesh_payments::webhook;
 use shopmesh_proto::shopmesh::catalog::v1::CreateCategoryRequest;
 use shopmesh_proto::shopmesh::catalog::v1::catalog_service_client::CatalogServiceClient;
 use shopmesh_proto::shopmesh::payments::v1::payment_service_client::PaymentServiceClient;
@@ -258,6 +261,87 @@ async fn a_paid_order_a_declined_one_and_a_refund() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the refunded order's stock was not returned");
+}
+
+#[tokio::test]
+async fn a_signed_webhook_through_the_edge() {
+    let (platform, _dir) = embedded().await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "LAMP-W", 5).await;
+    let ada = customer(&platform, "ada@example.com").await;
+    let placed = place(
+        &platform,
+        &ada,
+        "webhook-1",
+        &order_body(&lamp, 1, "pm_card_visa"),
+    )
+    .await;
+    assert_eq!(placed.status, 202, "{placed:?}");
+    let id = placed.json()["id"].as_str().unwrap().to_owned();
+    let paid = until(&platform, &ada, &id, &["ORDER_STATUS_PAID"]).await;
+    let payment = PaymentServiceClient::new(platform.channel("payments"))
+        .list_order_payments(ListOrderPaymentsRequest {
+            order_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payments
+        .remove(0);
+
+    // The secret `shopmesh up` generated into its data directory, as payments reads it.
+    let key = platform.data_dir.join("keys/payments.webhook_secret");
+    assert!(key.exists(), "{} was generated", key.display());
+    let key = MasterKey::load_or_create(&key).unwrap();
+    let secret = Secret::new(format!("whsec_{}", key.to_secret().expose()));
+    let body = serde_json::to_vec(&json!({
+        "id": format!("evt_e2e_{}", uuid::Uuid::new_v4().simple()),
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "data": {"object": {"id": payment.provider_payment_id, "object": "payment_intent"}},
+    }))
+    .unwrap();
+    let signature = webhook::sign(&body, &secret, webhook::unix_now());
+    let headers = [
+        ("stripe-signature", signature.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let first = http(
+        &platform.edge,
+        "POST",
+        "/v1/webhooks/stripe",
+        &headers,
+        &body,
+    )
+    .await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.json(), json!({"duplicate": false}));
+    let again = http(
+        &platform.edge,
+        "POST",
+        "/v1/webhooks/stripe",
+        &headers,
+        &body,
+    )
+    .await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.json(), json!({"duplicate": true}));
+    let tampered = String::from_utf8(body)
+        .unwrap()
+        .replace("evt_e2e_", "evt_e2f_");
+    let tampered = http(
+        &platform.edge,
+        "POST",
+        "/v1/webhooks/stripe",
+        &headers,
+        tampered.as_bytes(),
+    )
+    .await;
+    assert_eq!(tampered.status, 400, "{tampered:?}");
+    assert_eq!(tampered.json()["details"][0]["reason"], "BAD_SIGNATURE");
+    // The charge had settled already: the webhook changed nothing.
+    let after = get(&platform, &ada, &id).await.json();
+    assert_eq!(history(&after), history(&paid));
 }
 
 #[tokio::test]

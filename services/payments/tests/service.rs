@@ -754,3 +754,91 @@ async fn unknown_events_are_acknowledged_without_effect() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
 }
+
+/// The payment events in the outbox, by payload.
+async fn outbox_payloads(temp: &Option<TempSqlite>) -> Vec<payment_event::Payload> {
+    let db = temp.as_ref().unwrap().db.clone();
+    let pending = SqliteOutbox(db).pending(1000).await.unwrap();
+    pending
+        .iter()
+        .map(|row| {
+            let event = PaymentEvent::decode(row.event.payload.as_slice()).unwrap();
+            event.payload.expect("a payload")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn webhooks_out_of_order_have_one_effect_each() {
+    // No background tasks, and the handler on a sandbox whose events the test holds back.
+    let service = start(false).await;
+    let store = service.handler.store().clone();
+    let (sandbox, mut deliveries) = sandbox_on(service.temp.as_ref().unwrap()).await;
+    let handler = PaymentHandler::new(
+        store.clone(),
+        Arc::new(sandbox),
+        vec![secret()],
+        Arc::default(),
+    );
+    let order_id = Uuid::now_v7();
+    handler
+        .on_order_event(payment_requested(order_id, "pm_card_visa", 1))
+        .await
+        .unwrap();
+    let payment_id = store.order_payments(order_id).await.unwrap()[0].id;
+    let refund = order_event::Payload::RefundRequested(RefundRequested {
+        payment_id: payment_id.to_string(),
+        amount: Some(Money {
+            currency_code: "EUR".into(),
+            amount_minor: 4200,
+        }),
+        reason: "cancelled by the customer".into(),
+    });
+    handler
+        .on_order_event(order_event(order_id, refund))
+        .await
+        .unwrap();
+    let succeeded = deliveries.try_recv().unwrap();
+    let refunded = deliveries.try_recv().unwrap();
+    assert_eq!(delivered(&succeeded)["type"], "payment_intent.succeeded");
+    assert_eq!(delivered(&refunded)["type"], "charge.refunded");
+
+    // The refund's event first, then the charge's; then each again.
+    for (delivery, duplicate) in [
+        (&refunded, false),
+        (&succeeded, false),
+        (&refunded, true),
+        (&succeeded, true),
+    ] {
+        let answer = handler
+            .webhook(&delivery.body, Some(&delivery.signature))
+            .await
+            .unwrap();
+        assert_eq!(answer.duplicate, duplicate);
+    }
+    // Ten minutes later: signed afresh, a duplicate; with the signature of then, refused.
+    let now = webhook::unix_now();
+    for delivery in [&refunded, &succeeded] {
+        let resigned = webhook::sign(&delivery.body, &secret(), now);
+        let answer = handler
+            .webhook(&delivery.body, Some(&resigned))
+            .await
+            .unwrap();
+        assert!(answer.duplicate);
+        let stale = webhook::sign(&delivery.body, &secret(), now - 600);
+        let error = handler
+            .webhook(&delivery.body, Some(&stale))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+        assert_eq!(error.reason(), "BAD_SIGNATURE");
+    }
+
+    let payment = store.payment(payment_id).await.unwrap().unwrap();
+    assert_eq!(payment.status, Status::Refunded);
+    assert_eq!(payment.amount_refunded_minor, 4200);
+    let payloads = outbox_payloads(&service.temp).await;
+    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert!(matches!(payloads[0], payment_event::Payload::Succeeded(_)));
+    assert!(matches!(payloads[1], payment_event::Payload::Refunded(_)));
+}
