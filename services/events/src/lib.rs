@@ -160,6 +160,16 @@ pub trait EventBus: Send + Sync + 'static {
     /// Appends `event` to `topic`; returns once the backend has stored it durably.
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), EventError>;
 
+    /// Appends `(topic, event)` pairs in order; returns once all are stored durably. On an
+    /// error, a prefix of them may have been stored (publishing again is safe: consumers drop
+    /// duplicates). Backends that can store a batch at once override it.
+    async fn publish_all(&self, events: &[(String, Event)]) -> Result<(), EventError> {
+        for (topic, event) in events {
+            self.publish(topic, event).await?;
+        }
+        Ok(())
+    }
+
     /// Opens (creating if new, from the earliest retained event) the named subscription.
     async fn subscribe(
         &self,

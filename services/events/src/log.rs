@@ -6,8 +6,9 @@
 //! it and scheduling its redelivery are single transactions, so a crash at any point loses
 //! nothing: in-flight events become visible again when the process restarts.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -58,11 +59,13 @@ const MIGRATIONS: &[Migration] = &[Migration {
     ",
 }];
 
-/// The embedded log. Cheap to clone; every clone shares one database and one wake-up signal.
+/// The embedded log. Cheap to clone; every clone shares one database and the wake-up signals.
 #[derive(Clone, Debug)]
 pub struct EmbeddedLog {
     db: Sqlite,
-    published: Arc<Notify>,
+    /// One signal per topic: a publish wakes only the subscribers of its topic, which then
+    /// look in the log (a write transaction each, so waking all of them would cost dearly).
+    published: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 impl EmbeddedLog {
@@ -70,8 +73,17 @@ impl EmbeddedLog {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, EventError> {
         Ok(Self {
             db: Sqlite::open(path, MIGRATIONS).await?,
-            published: Arc::new(Notify::new()),
+            published: Arc::default(),
         })
+    }
+
+    /// The wake-up signal of `topic`.
+    fn signal(&self, topic: &str) -> Arc<Notify> {
+        let mut signals = self
+            .published
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        signals.entry(topic.to_owned()).or_default().clone()
     }
 
     /// Every event stored on `topic`, oldest first: for inspecting dead-letter topics.
@@ -109,8 +121,30 @@ impl EventBus for EmbeddedLog {
         check_names(topic, None)?;
         event.check()?;
         let (topic, event) = (topic.to_owned(), event.clone());
+        let signal = self.signal(&topic);
         self.db.write(move |tx| append(tx, &topic, &event)).await?;
-        self.published.notify_waiters();
+        signal.notify_waiters();
+        Ok(())
+    }
+
+    async fn publish_all(&self, events: &[(String, Event)]) -> Result<(), EventError> {
+        for (topic, event) in events {
+            check_names(topic, None)?;
+            event.check()?;
+        }
+        let batch = events.to_vec();
+        self.db
+            .write(move |tx| {
+                for (topic, event) in &batch {
+                    append(tx, topic, event)?;
+                }
+                Ok::<_, EventError>(())
+            })
+            .await?;
+        let topics: std::collections::BTreeSet<&String> = events.iter().map(|(t, _)| t).collect();
+        for topic in topics {
+            self.signal(topic).notify_waiters();
+        }
         Ok(())
     }
 
@@ -133,6 +167,8 @@ impl EventBus for EmbeddedLog {
             .await?;
         Ok(Box::new(LogSubscriber {
             log: self.clone(),
+            signal: self.signal(topic),
+            acked: Vec::new(),
             topic: topic.to_owned(),
             subscription: subscription.to_owned(),
             options,
@@ -142,6 +178,12 @@ impl EventBus for EmbeddedLog {
 
 struct LogSubscriber {
     log: EmbeddedLog,
+    /// The topic's wake-up signal.
+    signal: Arc<Notify>,
+    /// Acknowledged deliveries not yet removed from `in_flight`: they go in the next write
+    /// (usually the next `take`), which saves a transaction per event. Should the process die
+    /// first, they are delivered again, which at-least-once allows.
+    acked: Vec<i64>,
     topic: String,
     subscription: String,
     options: SubscribeOptions,
@@ -157,15 +199,18 @@ enum Take {
 impl LogSubscriber {
     /// In one transaction: redeliver the oldest due in-flight event (or dead-letter it when out
     /// of attempts), else take the next event after the cursor.
-    async fn take(&self) -> Result<Take, EventError> {
+    async fn take(&mut self) -> Result<Take, EventError> {
         let (topic, subscription, options) = (
             self.topic.clone(),
             self.subscription.clone(),
             self.options.clone(),
         );
+        let acked = std::mem::take(&mut self.acked);
         self.log
             .db
-            .write(move |tx| loop {
+            .write(move |tx| {
+                settle_acked(tx, &topic, &subscription, &acked)?;
+                loop {
                 let now = now_ms();
                 let due: Option<(i64, u32)> = tx
                     .prepare_cached(
@@ -206,6 +251,7 @@ impl LogSubscriber {
                 .execute(params![topic, subscription, seq, attempt, visible_at])?;
                 let event = load(tx, seq)?;
                 return Ok(Take::Delivery(Delivery { event, attempt, token: Token::Log { seq } }));
+                }
             })
             .await
     }
@@ -232,8 +278,8 @@ impl Subscriber for LogSubscriber {
         loop {
             // Register interest before looking, so a publish between the look and the wait
             // still wakes us.
-            let published = self.log.published.clone();
-            let woken = published.notified();
+            let signal = self.signal.clone();
+            let woken = signal.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let wait = match self.take().await? {
@@ -248,17 +294,16 @@ impl Subscriber for LogSubscriber {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), EventError> {
-        let seq = Self::seq(delivery)?;
+        self.acked.push(Self::seq(delivery)?);
+        Ok(())
+    }
+
+    async fn close(mut self: Box<Self>) -> Result<(), EventError> {
+        let acked = std::mem::take(&mut self.acked);
         let (topic, subscription) = (self.topic.clone(), self.subscription.clone());
         self.log
             .db
-            .write(move |tx| {
-                tx.prepare_cached(
-                    "DELETE FROM in_flight WHERE topic = ?1 AND subscription = ?2 AND seq = ?3",
-                )?
-                .execute(params![topic, subscription, seq])?;
-                Ok::<_, EventError>(())
-            })
+            .write(move |tx| settle_acked(tx, &topic, &subscription, &acked))
             .await
     }
 
@@ -267,9 +312,11 @@ impl Subscriber for LogSubscriber {
         let out_of_attempts = delivery.attempt >= self.options.max_attempts;
         let visible_at = now_ms() + self.options.backoff_after(delivery.attempt).as_millis() as i64;
         let (topic, subscription) = (self.topic.clone(), self.subscription.clone());
+        let acked = std::mem::take(&mut self.acked);
         self.log
             .db
             .write(move |tx| {
+                settle_acked(tx, &topic, &subscription, &acked)?;
                 if out_of_attempts {
                     dead_letter(tx, &topic, &subscription, seq)
                 } else {
@@ -280,10 +327,27 @@ impl Subscriber for LogSubscriber {
             })
             .await?;
         if out_of_attempts {
-            self.log.published.notify_waiters();
+            let letters = dead_letter_topic(&self.topic, &self.subscription);
+            self.log.signal(&letters).notify_waiters();
         }
         Ok(())
     }
+}
+
+/// Forgets acknowledged deliveries.
+fn settle_acked(
+    tx: &Transaction<'_>,
+    topic: &str,
+    subscription: &str,
+    acked: &[i64],
+) -> Result<(), EventError> {
+    let mut delete = tx.prepare_cached(
+        "DELETE FROM in_flight WHERE topic = ?1 AND subscription = ?2 AND seq = ?3",
+    )?;
+    for seq in acked {
+        delete.execute(params![topic, subscription, seq])?;
+    }
+    Ok(())
 }
 
 /// Moves an in-flight event to the subscription's dead-letter topic.

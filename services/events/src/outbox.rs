@@ -99,17 +99,17 @@ impl Relay {
     /// Publishes one batch; returns how many events went out.
     pub async fn round(&self) -> Result<usize, EventError> {
         let batch = self.store.pending(BATCH).await?;
-        let mut published = Vec::with_capacity(batch.len());
-        for pending in batch {
-            if let Err(error) = self.bus.publish(&pending.topic, &pending.event).await {
-                // Keep what went out, so the next round does not publish it again.
-                self.store.remove(&published).await?;
-                return Err(error);
-            }
-            published.push(pending);
+        if batch.is_empty() {
+            return Ok(0);
         }
-        self.store.remove(&published).await?;
-        metrics::counter!("shopmesh_outbox_published_total").increment(published.len() as u64);
-        Ok(published.len())
+        let events: Vec<(String, Event)> = batch
+            .iter()
+            .map(|pending| (pending.topic.clone(), pending.event.clone()))
+            .collect();
+        // On failure nothing is removed: what did go out goes again, and consumers drop it.
+        self.bus.publish_all(&events).await?;
+        self.store.remove(&batch).await?;
+        metrics::counter!("shopmesh_outbox_published_total").increment(batch.len() as u64);
+        Ok(batch.len())
     }
 }
