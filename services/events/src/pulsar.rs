@@ -183,6 +183,30 @@ impl EventBus for PulsarBus {
         Ok(())
     }
 
+    async fn publish_all(&self, events: &[(String, Event)]) -> Result<(), EventError> {
+        // Enqueue every message first, in order, then wait for all receipts: one round trip
+        // for the batch instead of one per event.
+        let mut receipts = Vec::with_capacity(events.len());
+        for (topic, event) in events {
+            check_names(topic, None)?;
+            event.check()?;
+            let producer = self.producer(topic).await?;
+            let receipt = producer
+                .lock()
+                .await
+                .send_non_blocking(to_message(event))
+                .await
+                .map_err(|e| EventError::Pulsar(format!("publish to {topic}: {e}")))?;
+            receipts.push((topic, receipt));
+        }
+        for (topic, receipt) in receipts {
+            receipt
+                .await
+                .map_err(|e| EventError::Pulsar(format!("publish to {topic}: {e}")))?;
+        }
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: &str,

@@ -68,6 +68,29 @@ async fn delivers_every_event_in_key_order(bed: TestBus) {
     }
 }
 
+async fn a_batch_keeps_its_order_on_every_topic(bed: TestBus) {
+    let bus = bed.connect().await.unwrap();
+    let topics = [unique_topic("batch-a"), unique_topic("batch-b")];
+    let mut readers = Vec::new();
+    for topic in &topics {
+        readers.push(bus.subscribe(topic, "reader", quick()).await.unwrap());
+    }
+    let batch: Vec<(String, Event)> = (0..40)
+        .map(|n| (topics[n as usize % 2].clone(), event("one-key", n)))
+        .collect();
+    bus.publish_all(&batch).await.unwrap();
+    for (side, reader) in readers.iter_mut().enumerate() {
+        let mut numbers = Vec::new();
+        for _ in 0..20 {
+            let delivery = next(reader).await;
+            numbers.push(number(&delivery.event));
+            reader.ack(&delivery).await.unwrap();
+        }
+        let expected: Vec<u32> = (0..40).filter(|n| *n as usize % 2 == side).collect();
+        assert_eq!(numbers, expected, "one key's events arrive in batch order");
+    }
+}
+
 async fn events_keep_their_fields(bed: TestBus) {
     let bus = bed.connect().await.unwrap();
     let topic = unique_topic("fields");
@@ -270,6 +293,7 @@ contract_suite! {
     pulsar => pulsar;
     [
         delivers_every_event_in_key_order,
+        a_batch_keeps_its_order_on_every_topic,
         events_keep_their_fields,
         every_subscription_sees_every_event,
         nack_redelivers_after_backoff,
