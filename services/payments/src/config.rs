@@ -15,7 +15,13 @@ pub enum GatewayKind {
     Stripe,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+/// Bounds of `sweep_after`: a payment younger than a second may still be in its first provider
+/// call; one older than twelve hours comes too close to the end of the provider's idempotency
+/// window (24 hours at Stripe) for a repeated call to be safe.
+const SWEEP_AFTER_MIN: Duration = Duration::from_secs(1);
+const SWEEP_AFTER_MAX: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PaymentsConfig {
     /// `sandbox` or `stripe`. When unset: `sandbox` under `shopmesh up`, `stripe` for the
@@ -27,6 +33,22 @@ pub struct PaymentsConfig {
     /// first one signs the sandbox's events. Required by the `shopmesh-payments` binary;
     /// `shopmesh up` generates one into its data directory when none is set.
     pub webhook_secrets: Vec<Secret>,
+    /// How long a payment may stay processing without any change before the sweeper asks the
+    /// provider about it (and settles it, or repeats the charge call with its idempotency key
+    /// when the provider never answered).
+    #[serde(with = "humantime_serde")]
+    pub sweep_after: Duration,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            gateway: None,
+            stripe: StripeConfig::default(),
+            webhook_secrets: Vec::new(),
+            sweep_after: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -71,6 +93,12 @@ impl Validate for PaymentsConfig {
                 "must not contain an empty secret",
             ));
         }
+        if !(SWEEP_AFTER_MIN..=SWEEP_AFTER_MAX).contains(&self.sweep_after) {
+            return Err(ConfigError::invalid(
+                "sweep_after",
+                "must be between 1s and 12h",
+            ));
+        }
         Ok(())
     }
 }
@@ -88,6 +116,7 @@ mod tests {
                 ..StripeConfig::default()
             },
             webhook_secrets: vec![Secret::new("whsec_abc")],
+            ..PaymentsConfig::default()
         };
         let rendered = shopmesh_kit::config::render(&config);
         assert!(!rendered.contains("sk_test_abc"), "{rendered}");
@@ -105,5 +134,12 @@ mod tests {
         assert!(config.validate().is_ok());
         config.webhook_secrets = vec![Secret::default()];
         assert!(config.validate().is_err());
+        config.webhook_secrets = Vec::new();
+        config.sweep_after = Duration::ZERO;
+        assert!(config.validate().is_err());
+        config.sweep_after = Duration::from_secs(2 * 86_400);
+        assert!(config.validate().is_err());
+        config.sweep_after = Duration::from_secs(90);
+        assert!(config.validate().is_ok());
     }
 }

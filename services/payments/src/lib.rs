@@ -14,6 +14,7 @@ pub mod webhook;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -21,6 +22,8 @@ use figment::Figment;
 use shopmesh_events::outbox::{Relay, SqliteOutbox};
 use shopmesh_events::{EventBus, SubscribeOptions, consumer, topics};
 use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
+use shopmesh_kit::clock::now_ms;
+use shopmesh_kit::shutdown::every;
 use shopmesh_kit::{ConfigError, Secret, Shutdown, config::render};
 use shopmesh_proto::shopmesh::payments::v1::payment_service_server::PaymentServiceServer;
 use tokio::sync::mpsc;
@@ -40,6 +43,8 @@ pub const SUBSCRIPTION: &str = "payments";
 /// Sandbox events waiting for the webhook handler; more are dropped (the synchronous answer
 /// settles the payment anyway).
 const SANDBOX_QUEUE: usize = 1024;
+/// How often the sweeper looks for payments stuck in processing.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The payments service, as the host runs it.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +74,7 @@ impl Service for Payments {
             gateway,
             stripe: config.stripe.clone(),
             webhook_secrets,
+            sweep_after: config.sweep_after,
             shutdown: context.shutdown.clone(),
         })
         .await?;
@@ -114,10 +120,13 @@ pub struct Setup {
     pub stripe: StripeConfig,
     /// At least one; the first signs the sandbox's events.
     pub webhook_secrets: Vec<Secret>,
+    /// How long a payment stays processing, unchanged, before the sweeper asks the provider.
+    pub sweep_after: Duration,
     pub shutdown: Shutdown,
 }
 
-/// A background task of the service (outbox relay, order consumer, sandbox webhook delivery).
+/// A background task of the service (outbox relay, order consumer, sweeper, sandbox webhook
+/// delivery).
 pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The assembled service: its handler and the tasks to run until shutdown.
@@ -135,6 +144,7 @@ pub async fn assemble(setup: Setup) -> anyhow::Result<Running> {
         gateway,
         stripe,
         webhook_secrets,
+        sweep_after,
         shutdown,
     } = setup;
     let secret = webhook_secrets
@@ -161,11 +171,14 @@ pub async fn assemble(setup: Setup) -> anyhow::Result<Running> {
             Stripe::new(&stripe).map_err(|e| anyhow::anyhow!("cannot set up Stripe: {e}"))?,
         ),
     };
-    let handler = Arc::new(PaymentHandler::new(store, gateway, webhook_secrets, waker));
+    let handler = Arc::new(
+        PaymentHandler::new(store, gateway, webhook_secrets, waker).with_sweep_after(sweep_after),
+    );
     let subscriber = events
         .subscribe(topics::ORDERS, SUBSCRIPTION, SubscribeOptions::default())
         .await?;
     let consuming = handler.clone();
+    let sweeping = handler.clone();
     let mut tasks: Vec<Task> = vec![
         Box::pin(relay.run(shutdown.clone())),
         Box::pin(consumer::run(
@@ -175,6 +188,18 @@ pub async fn assemble(setup: Setup) -> anyhow::Result<Running> {
             move |event| {
                 let handler = consuming.clone();
                 async move { handler.on_order_event(event).await }
+            },
+        )),
+        Box::pin(every(
+            shutdown.clone(),
+            SWEEP_INTERVAL,
+            "sweep processing payments",
+            move || {
+                let handler = sweeping.clone();
+                async move {
+                    handler.sweep_processing(now_ms()).await?;
+                    Ok(())
+                }
             },
         )),
     ];

@@ -7,6 +7,7 @@
 //! report the same outcome, one `PaymentEvent` goes out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 use shopmesh_events::{Event, envelope};
@@ -38,6 +39,14 @@ use crate::store::{
 use crate::webhook::{self, Subject};
 
 const EVENT_KIND: &str = "shopmesh.events.v1.PaymentEvent";
+/// How long a payment may stay processing, unchanged, before the sweeper looks (the
+/// `sweep_after` setting's default).
+pub const DEFAULT_SWEEP_AFTER: Duration = Duration::from_secs(60);
+/// Most payments one sweep looks at; the rest wait for the next round.
+pub const SWEEP_BATCH: usize = 100;
+/// A charge call is repeated with its idempotency key only within this age: Stripe forgets a
+/// key after 24 hours, and a repeat after that could charge again.
+const REPEAT_WINDOW_MS: i64 = 23 * 3600 * 1000;
 /// The gRPC metadata entry the edge puts the `Stripe-Signature` header in.
 pub const SIGNATURE_METADATA: &str = "stripe-signature";
 
@@ -48,6 +57,8 @@ pub struct PaymentHandler {
     secrets: Vec<Secret>,
     /// Wakes the outbox relay after a write that carries an event.
     relay: Arc<Notify>,
+    /// How long a payment stays processing, unchanged, before a sweep looks at it.
+    sweep_after: Duration,
 }
 
 impl PaymentHandler {
@@ -62,7 +73,15 @@ impl PaymentHandler {
             gateway,
             secrets,
             relay,
+            sweep_after: DEFAULT_SWEEP_AFTER,
         }
+    }
+
+    /// Sets how long a payment stays processing, unchanged, before a sweep looks at it.
+    #[must_use]
+    pub fn with_sweep_after(mut self, sweep_after: Duration) -> Self {
+        self.sweep_after = sweep_after;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn PaymentStore> {
@@ -248,6 +267,106 @@ impl PaymentHandler {
             );
         }
         Ok(settled)
+    }
+
+    /// Finishes payments stuck in processing, unchanged for `sweep_after` before `now_ms`: no
+    /// webhook came, or the charge's deliveries ran out (dead-lettered) before the provider
+    /// answered. With the provider's id, the charge is retrieved; without it (the call never went
+    /// out, or its answer was lost), the charge call is repeated with the attempt's idempotency
+    /// key, which returns the first charge instead of making another. Either answer goes
+    /// through [`PaymentHandler::settle`], as a webhook's would, so one event goes out however
+    /// many paths report the outcome. A provider that does not answer is asked again next round.
+    /// Returns how many payments this sweep settled.
+    pub async fn sweep_processing(&self, now_ms: i64) -> Result<usize> {
+        let sweep_after = i64::try_from(self.sweep_after.as_millis()).unwrap_or(i64::MAX);
+        let stale = self
+            .store
+            .stale_processing(now_ms.saturating_sub(sweep_after), SWEEP_BATCH)
+            .await
+            .map_err(storage)?;
+        let mut settled = 0;
+        for payment in &stale {
+            let outcome = match self.sweep_one(payment, now_ms).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::warn!(payment_id = %payment.id, %error, "sweeping a processing payment failed; next round retries");
+                    "error"
+                }
+            };
+            if outcome == "settled" {
+                settled += 1;
+            }
+            metrics::counter!("shopmesh_payments_swept_total", "outcome" => outcome).increment(1);
+        }
+        Ok(settled)
+    }
+
+    /// Asks the provider about one stuck payment and settles it when there is an outcome;
+    /// returns what happened, as the metric's `outcome` label.
+    async fn sweep_one(&self, payment: &PaymentRecord, now_ms: i64) -> Result<&'static str> {
+        if payment.provider != self.gateway.provider() {
+            // As a redelivered request would: the charge is at a provider this one cannot ask.
+            let outcome = Outcome::Failed {
+                decline_code: "provider_changed".into(),
+                failure_message: "the payment gateway changed while the charge was in flight"
+                    .into(),
+            };
+            return Ok(sweep_result(self.record(payment, "", outcome, None).await?));
+        }
+        let answer = if payment.provider_payment_id.is_empty() {
+            if now_ms.saturating_sub(payment.created_at_ms) > REPEAT_WINDOW_MS {
+                tracing::error!(
+                    payment_id = %payment.id,
+                    order_id = %payment.order_id,
+                    "payment processing for too long to repeat its charge call safely; an operator must check it at the provider"
+                );
+                return Ok("expired");
+            }
+            let request = IntentRequest {
+                amount_minor: payment.amount_minor,
+                currency: payment.currency.clone(),
+                payment_method: payment.payment_method.clone(),
+                idempotency_key: gateway::charge_key(
+                    &payment.order_id.to_string(),
+                    payment.attempt,
+                ),
+                order_id: payment.order_id.to_string(),
+                payment_id: payment.id.to_string(),
+            };
+            match self.gateway.create_and_confirm(&request).await {
+                Ok(answer) => answer,
+                Err(GatewayError::Refused { code, message }) => {
+                    // As in the charge path: the provider will refuse this request every time.
+                    let outcome = Outcome::Failed {
+                        decline_code: clip(&code, MAX_DECLINE_CODE),
+                        failure_message: clip(&message, MAX_MESSAGE),
+                    };
+                    return Ok(sweep_result(self.record(payment, "", outcome, None).await?));
+                }
+                Err(error @ GatewayError::Unavailable(_)) => {
+                    tracing::warn!(payment_id = %payment.id, %error, "provider unavailable while sweeping; next round retries");
+                    return Ok("unavailable");
+                }
+            }
+        } else {
+            match self.gateway.retrieve(&payment.provider_payment_id).await {
+                Ok(answer) => answer,
+                Err(GatewayError::Refused { code, .. }) => {
+                    tracing::error!(
+                        payment_id = %payment.id,
+                        provider_payment_id = payment.provider_payment_id,
+                        code,
+                        "the provider refuses to show a processing payment's charge; an operator must check it"
+                    );
+                    return Ok("refused");
+                }
+                Err(error @ GatewayError::Unavailable(_)) => {
+                    tracing::warn!(payment_id = %payment.id, %error, "provider unavailable while sweeping; next round retries");
+                    return Ok("unavailable");
+                }
+            }
+        };
+        Ok(sweep_result(self.settle(payment, &answer, None).await?))
     }
 
     /// Refunds a payment once: one refund per payment, with the provider key
@@ -654,6 +773,16 @@ impl PaymentService for PaymentHandler {
             payments.push(self.view(record).await?);
         }
         Ok(Response::new(ListOrderPaymentsResponse { payments }))
+    }
+}
+
+/// The metric label of a sweep's settling write: `settled` when this sweep applied the outcome,
+/// `unchanged` when another path had (or the charge is still processing at the provider).
+fn sweep_result(settled: Settled<PaymentRecord>) -> &'static str {
+    match settled {
+        Settled::Applied(_) => "settled",
+        Settled::Unchanged(payment) if payment.status == Status::Processing => "processing",
+        Settled::Unchanged(_) | Settled::Duplicate => "unchanged",
     }
 }
 

@@ -224,6 +224,14 @@ pub trait PaymentStore: Send + Sync + 'static {
         provider_payment_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// Payments still processing whose last change is older than `older_than_ms` (their
+    /// `updated_at` is before it), least recently changed first, at most `limit`: what the
+    /// sweeper asks the provider about.
+    async fn stale_processing(
+        &self,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, StoreError>;
     /// Moves a processing payment to its outcome with `event`. With `webhook`, remembers that
     /// event id in the same write, or answers [`Settled::Duplicate`] when it was seen before.
     async fn settle(
@@ -372,6 +380,11 @@ const SQLITE: &[Migration] = &[
         name: "inbox",
         statements: shopmesh_events::inbox::SQLITE_SCHEMA,
     },
+    Migration {
+        version: 4,
+        name: "payments by status",
+        statements: "CREATE INDEX payments_by_status ON payments (status, updated_at);",
+    },
 ];
 
 const CQL: &[Migration] = &[
@@ -446,6 +459,21 @@ const CQL: &[Migration] = &[
         version: 3,
         name: "inbox",
         statements: shopmesh_events::inbox::CQL_SCHEMA,
+    },
+    // The processing payments, spread over a few partitions (see `store/cql.rs`). A row is only
+    // a hint (the payment is read again before acting), so a deleted row coming back after a
+    // short grace period does no harm, and tombstones go early.
+    Migration {
+        version: 4,
+        name: "payments processing",
+        statements: "
+            CREATE TABLE IF NOT EXISTS payments_processing (
+                shard int,
+                id uuid,
+                since bigint,
+                PRIMARY KEY ((shard), id)
+            ) WITH gc_grace_seconds = 3600;
+        ",
     },
 ];
 

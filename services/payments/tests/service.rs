@@ -72,6 +72,7 @@ async fn start_on(store: Store, temp: Option<TempSqlite>, spawn_tasks: bool) -> 
         gateway: GatewayKind::Sandbox,
         stripe: StripeConfig::default(),
         webhook_secrets: vec![secret()],
+        sweep_after: Duration::from_secs(60),
         shutdown: shutdown.clone(),
     })
     .await
@@ -841,4 +842,149 @@ async fn webhooks_out_of_order_have_one_effect_each() {
     assert_eq!(payloads.len(), 2, "{payloads:?}");
     assert!(matches!(payloads[0], payment_event::Payload::Succeeded(_)));
     assert!(matches!(payloads[1], payment_event::Payload::Refunded(_)));
+}
+
+/// A payment begun in the store whose charge call never went out, as after a crash, or
+/// deliveries that ran out before the provider answered.
+async fn never_charged(service: &Running, method: &str) -> PaymentRecord {
+    let now = shopmesh_kit::clock::now_ms();
+    service
+        .handler
+        .store()
+        .begin_payment(&PaymentRecord {
+            id: Uuid::now_v7(),
+            order_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            provider: PaymentProvider::Sandbox,
+            provider_payment_id: String::new(),
+            attempt: 1,
+            status: Status::Processing,
+            currency: "EUR".into(),
+            amount_minor: 4200,
+            amount_refunded_minor: 0,
+            payment_method: method.into(),
+            card_brand: String::new(),
+            card_last4: String::new(),
+            decline_code: String::new(),
+            failure_message: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_payment_stuck_processing_is_swept_once() {
+    // No background tasks: the outbox keeps what the sweep wrote, to be counted.
+    let service = start(false).await;
+    let store = service.handler.store().clone();
+    let record = never_charged(&service, "pm_card_visa").await;
+    let begun = record.updated_at_ms;
+
+    // Not stuck yet: left alone.
+    assert_eq!(
+        service
+            .handler
+            .sweep_processing(begun + 30_000)
+            .await
+            .unwrap(),
+        0
+    );
+    // Stuck for longer than the provider keeps an idempotency key: not charged again blindly.
+    assert_eq!(
+        service
+            .handler
+            .sweep_processing(begun + 24 * 3600 * 1000)
+            .await
+            .unwrap(),
+        0
+    );
+    let still = store.payment(record.id).await.unwrap().unwrap();
+    assert_eq!(still.status, Status::Processing);
+    assert_eq!(outbox_len(&service.temp).await, 0);
+
+    assert_eq!(
+        service
+            .handler
+            .sweep_processing(begun + 61_000)
+            .await
+            .unwrap(),
+        1
+    );
+    let swept = store.payment(record.id).await.unwrap().unwrap();
+    assert_eq!(swept.status, Status::Succeeded);
+    assert!(swept.provider_payment_id.starts_with("pi_sbx_"));
+    assert_eq!(
+        (swept.card_brand.as_str(), swept.card_last4.as_str()),
+        ("visa", "4242")
+    );
+    let payloads = outbox_payloads(&service.temp).await;
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    let payment_event::Payload::Succeeded(succeeded) = &payloads[0] else {
+        panic!("expected PaymentSucceeded, got {payloads:?}");
+    };
+    assert_eq!(succeeded.attempt, 1);
+
+    // Nothing is left to sweep.
+    assert_eq!(
+        service
+            .handler
+            .sweep_processing(begun + 122_000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(outbox_len(&service.temp).await, 1);
+    assert!(
+        store
+            .stale_processing(begun + 122_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_finds_the_first_charge_and_a_webhook_adds_nothing() {
+    let service = start(false).await;
+    let store = service.handler.store().clone();
+    // Charged at the sandbox, the answer lost: the sweep's repeated call (same key) finds it.
+    let (lost, lost_delivery) = in_flight(&service, "pm_card_chargeDeclined").await;
+    let first_intent = delivered(&lost_delivery)["data"]["object"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Charged, its id noted, no webhook: the sweep retrieves it.
+    let (noted, noted_delivery) = in_flight(&service, "pm_card_mastercard").await;
+    let noted_intent = delivered(&noted_delivery)["data"]["object"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    store
+        .note_provider_payment_id(noted.id, &noted_intent, noted.updated_at_ms)
+        .await
+        .unwrap();
+
+    let now = lost.updated_at_ms + 61_000;
+    assert_eq!(service.handler.sweep_processing(now).await.unwrap(), 2);
+    let failed = store.payment(lost.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.decline_code, "generic_decline");
+    assert_eq!(failed.provider_payment_id, first_intent, "no second charge");
+    let succeeded = store.payment(noted.id).await.unwrap().unwrap();
+    assert_eq!(succeeded.status, Status::Succeeded);
+    assert_eq!(succeeded.card_last4, "4444");
+    assert_eq!(outbox_len(&service.temp).await, 2);
+
+    // The webhooks arrive late: acknowledged, no second event.
+    for delivery in [&lost_delivery, &noted_delivery] {
+        service
+            .handler
+            .webhook(&delivery.body, Some(&delivery.signature))
+            .await
+            .unwrap();
+    }
+    assert_eq!(service.handler.sweep_processing(now).await.unwrap(), 0);
+    assert_eq!(outbox_len(&service.temp).await, 2, "one event per outcome");
 }

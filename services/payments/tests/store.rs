@@ -373,6 +373,81 @@ async fn a_partial_refund_leaves_the_payment_succeeded(subject: Subject) {
     );
 }
 
+async fn stale_processing_payments_are_listed(subject: Subject) {
+    let store = subject.store;
+    let ids = |payments: Vec<PaymentRecord>| payments.iter().map(|p| p.id).collect::<Vec<_>>();
+    // Processing since 1_700_000_000_000.
+    let stuck = payment(Uuid::now_v7(), 1);
+    store.begin_payment(&stuck).await.unwrap();
+    // Settled at 1_700_000_001_000.
+    let done = payment(Uuid::now_v7(), 1);
+    store.begin_payment(&done).await.unwrap();
+    store
+        .settle(&succeeded(done.id, "pi_done"), &event(done.order_id), None)
+        .await
+        .unwrap();
+    // Processing, but begun later.
+    let mut fresh = payment(Uuid::now_v7(), 1);
+    fresh.created_at_ms = 1_700_000_100_000;
+    fresh.updated_at_ms = 1_700_000_100_000;
+    store.begin_payment(&fresh).await.unwrap();
+    // Redeliveries change nothing: the processing one is listed once, the settled one not.
+    store
+        .begin_payment(&payment(stuck.order_id, 1))
+        .await
+        .unwrap();
+    store
+        .begin_payment(&payment(done.order_id, 1))
+        .await
+        .unwrap();
+
+    let bound = 1_700_000_050_000;
+    assert_eq!(
+        ids(store.stale_processing(bound, 10).await.unwrap()),
+        vec![stuck.id]
+    );
+    // The bound is exclusive; a later one lists the fresh one too, least recently changed first.
+    assert!(
+        store
+            .stale_processing(stuck.updated_at_ms, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = 1_700_000_200_000;
+    assert_eq!(
+        ids(store.stale_processing(later, 10).await.unwrap()),
+        vec![stuck.id, fresh.id]
+    );
+    assert_eq!(
+        ids(store.stale_processing(later, 1).await.unwrap()),
+        vec![stuck.id]
+    );
+    assert!(store.stale_processing(later, 0).await.unwrap().is_empty());
+    // The provider's id noted counts as a change.
+    store
+        .note_provider_payment_id(fresh.id, "pi_fresh", 1_700_000_150_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(store.stale_processing(1_700_000_120_000, 10).await.unwrap()),
+        vec![stuck.id]
+    );
+    // Once settled, it is no longer listed.
+    store
+        .settle(
+            &succeeded(stuck.id, "pi_stuck"),
+            &event(stuck.order_id),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(store.stale_processing(later, 10).await.unwrap()),
+        vec![fresh.id]
+    );
+}
+
 async fn sandbox_objects_are_kept_once_per_key(subject: Subject) {
     let store = subject.store;
     let key = format!("shopmesh-{}-1", Uuid::now_v7());
@@ -405,5 +480,6 @@ contract_suite! {
         a_full_refund_refunds_the_payment_once,
         a_partial_refund_leaves_the_payment_succeeded,
         sandbox_objects_are_kept_once_per_key,
+        stale_processing_payments_are_listed,
     ]
 }

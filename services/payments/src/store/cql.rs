@@ -11,6 +11,12 @@
 //! event, the provider's retried webhook) finds it and writes it out, with its original id, so
 //! consumers see it once.
 //!
+//! CQL cannot find payments by status, so the processing ones are also listed in
+//! `payments_processing`, spread over [`PROCESSING_SHARDS`] partitions by id. The row is written
+//! before the payment (a processing payment always has one) and deleted once the payment has
+//! settled; the sweeper reads the payment again before acting, and drops rows whose payment
+//! settled or was never written.
+//!
 //! Webhook ids are claimed in the inbox (`processed_events`) before the effect and completed
 //! after it (released on failure), as every CQL consumer does.
 
@@ -36,6 +42,14 @@ use super::{
 
 /// How long a webhook claim holds before another delivery may take it over.
 const WEBHOOK_LEASE: Duration = Duration::from_secs(60);
+/// Partitions of `payments_processing`.
+pub const PROCESSING_SHARDS: i32 = 16;
+
+/// The `payments_processing` partition of a payment (UUIDv7's low bits are random).
+fn shard(id: Uuid) -> i32 {
+    // The remainder is below PROCESSING_SHARDS, so it fits.
+    (id.as_u128() % PROCESSING_SHARDS.unsigned_abs() as u128) as i32
+}
 
 const PAYMENT_COLUMNS: &str = "id, order_id, user_id, provider, provider_payment_id, attempt, status, currency, amount_minor, amount_refunded_minor, payment_method, card_brand, card_last4, decline_code, failure_message, created_at, updated_at, pending_event";
 const REFUND_COLUMNS: &str = "id, payment_id, order_id, provider_refund_id, currency, amount_minor, status, reason, failure_reason, created_at, updated_at, pending_event";
@@ -173,6 +187,9 @@ pub struct CqlPayments {
     payment_by_provider: PreparedStatement,
     note_payment_provider: PreparedStatement,
     settle_payment: PreparedStatement,
+    track_processing: PreparedStatement,
+    untrack_processing: PreparedStatement,
+    processing_since: PreparedStatement,
     clear_payment_event: PreparedStatement,
     add_refunded: PreparedStatement,
     claim_refund: PreparedStatement,
@@ -232,6 +249,18 @@ impl CqlPayments {
                     "UPDATE payments SET provider_payment_id = ?, status = ?, card_brand = ?, card_last4 = ?, \
                      decline_code = ?, failure_message = ?, updated_at = ?, pending_event = ? \
                      WHERE id = ? IF status = 'processing'",
+                )
+                .await?,
+            track_processing: cql
+                .prepare("INSERT INTO payments_processing (shard, id, since) VALUES (?, ?, ?)")
+                .await?,
+            untrack_processing: cql
+                .prepare("DELETE FROM payments_processing WHERE shard = ? AND id = ?")
+                .await?,
+            processing_since: cql
+                .prepare(
+                    "SELECT id FROM payments_processing WHERE shard = ? AND since < ? LIMIT ? \
+                     ALLOW FILTERING",
                 )
                 .await?,
             clear_payment_event: cql
@@ -425,6 +454,7 @@ impl CqlPayments {
                 }
                 self.flush(Some(&pending), &self.clear_payment_event, next.id)
                     .await?;
+                self.untrack(next.id).await?;
                 return Ok(Settled::Applied(next));
             }
         }
@@ -439,7 +469,27 @@ impl CqlPayments {
             current.id,
         )
         .await?;
-        Ok(Settled::Unchanged(current.record()?))
+        let record = current.record()?;
+        if record.status != Status::Processing {
+            self.untrack(record.id).await?;
+        }
+        Ok(Settled::Unchanged(record))
+    }
+
+    /// Lists a processing payment for the sweeper.
+    async fn track(&self, id: Uuid, since_ms: i64) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.track_processing, (shard(id), id, since_ms))
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a payment from the sweeper's list.
+    async fn untrack(&self, id: Uuid) -> Result<(), StoreError> {
+        self.cql
+            .execute(&self.untrack_processing, (shard(id), id))
+            .await?;
+        Ok(())
     }
 
     async fn settle_refund_now(
@@ -556,6 +606,20 @@ impl PaymentStore for CqlPayments {
                 record.id,
             )
             .await?;
+        if holder != record.id
+            && let Some(stored) = self.payment_row(holder).await?
+        {
+            let stored = stored.record()?;
+            if stored.status == Status::Processing {
+                // Listed again, in case a sweep dropped the row while its writer was stalled.
+                self.track(holder, stored.updated_at_ms).await?;
+            }
+            return Ok(stored);
+        }
+        // Listed before it is written, so no processing payment goes without its row.
+        if record.status == Status::Processing {
+            self.track(holder, record.updated_at_ms).await?;
+        }
         // Under the holder's id: completes a claim whose writer died, never overwrites a record.
         let mut row = PaymentRow::of(record);
         row.id = holder;
@@ -621,6 +685,48 @@ impl PaymentStore for CqlPayments {
             .execute(&self.index_payment, (provider_payment_id, payment_id))
             .await?;
         Ok(())
+    }
+
+    async fn stale_processing(
+        &self,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let per_shard = i32::try_from(limit).unwrap_or(i32::MAX);
+        let mut stale = Vec::new();
+        for shard in 0..PROCESSING_SHARDS {
+            let ids = self
+                .cql
+                .rows::<(Uuid,)>(&self.processing_since, (shard, older_than_ms, per_shard))
+                .await?;
+            for (id,) in ids {
+                let Some(row) = self.payment_row(id).await? else {
+                    // A claim whose writer died before writing the payment: a redelivery lists
+                    // it again.
+                    self.untrack(id).await?;
+                    continue;
+                };
+                let payment = match row.record() {
+                    Ok(payment) => payment,
+                    Err(error) => {
+                        tracing::warn!(payment_id = %id, %error, "unreadable processing payment skipped");
+                        continue;
+                    }
+                };
+                if payment.status != Status::Processing {
+                    // Settled; the row outlived it.
+                    self.untrack(id).await?;
+                } else if payment.updated_at_ms < older_than_ms {
+                    stale.push(payment);
+                }
+            }
+        }
+        stale.sort_by_key(|payment| payment.updated_at_ms);
+        stale.truncate(limit);
+        Ok(stale)
     }
 
     async fn settle(

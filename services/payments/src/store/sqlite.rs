@@ -207,6 +207,27 @@ impl PaymentStore for SqlitePayments {
             .await
     }
 
+    async fn stale_processing(
+        &self,
+        older_than_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<PaymentRecord>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.0
+            .read(move |db| {
+                let mut statement = db.prepare_cached(&format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments
+                     WHERE status = 'processing' AND updated_at < ?1
+                     ORDER BY updated_at LIMIT ?2"
+                ))?;
+                let rows = statement
+                    .query_map(params![older_than_ms, limit], payment)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
     async fn settle(
         &self,
         settlement: &Settlement,
