@@ -49,7 +49,9 @@ pub fn envelope(event: &Event, producer: &str) -> shopmesh_proto::shopmesh::even
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// One event: what happened (`kind`) to which aggregate (`key`), with an encoded payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable, so a store can keep it where an outbox row cannot go (inside a row written by
+/// a conditional update) until it moves to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// Unique per event (UUIDv7); consumers de-duplicate on it.
     pub id: String,

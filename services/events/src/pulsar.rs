@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use pulsar::consumer::{DeadLetterPolicy, InitialPosition};
 use pulsar::proto::MessageIdData;
-use pulsar::{Consumer, ConsumerOptions, Producer, Pulsar, SubType, TokioExecutor};
+use pulsar::{
+    Consumer, ConsumerBuilder, ConsumerOptions, Producer, Pulsar, SubType, TokioExecutor,
+};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -47,20 +49,26 @@ impl std::fmt::Debug for PulsarBus {
 }
 
 impl PulsarBus {
-    /// Creates the durable subscription `subscription` on `topic` if it does not exist, so
-    /// messages are kept for it from now on.
-    async fn ensure_subscription(&self, topic: &str, subscription: &str) -> Result<(), EventError> {
-        let mut consumer: Consumer<Vec<u8>, TokioExecutor> = self
-            .client
+    /// A durable Key_Shared consumer of `subscription` on `topic`, starting (when new) from
+    /// the earliest retained message.
+    fn consumer(&self, topic: &str, subscription: &str) -> ConsumerBuilder<TokioExecutor> {
+        self.client
             .consumer()
             .with_topic(self.full_name(topic))
             .with_subscription(subscription)
-            .with_subscription_type(SubType::Shared)
+            .with_subscription_type(SubType::KeyShared)
             .with_options(
                 ConsumerOptions::default()
                     .durable(true)
                     .with_initial_position(InitialPosition::Earliest),
             )
+    }
+
+    /// Creates the durable subscription `subscription` on `topic` if it does not exist, so
+    /// messages are kept for it from now on.
+    async fn ensure_subscription(&self, topic: &str, subscription: &str) -> Result<(), EventError> {
+        let mut consumer: Consumer<Vec<u8>, TokioExecutor> = self
+            .consumer(topic, subscription)
             .build()
             .await
             .map_err(|e| EventError::Pulsar(format!("subscribe {subscription} to {topic}: {e}")))?;
@@ -215,16 +223,7 @@ impl EventBus for PulsarBus {
     ) -> Result<Box<dyn Subscriber>, EventError> {
         check_names(topic, Some(subscription))?;
         let consumer: Consumer<Vec<u8>, TokioExecutor> = self
-            .client
-            .consumer()
-            .with_topic(self.full_name(topic))
-            .with_subscription(subscription)
-            .with_subscription_type(SubType::KeyShared)
-            .with_options(
-                ConsumerOptions::default()
-                    .durable(true)
-                    .with_initial_position(InitialPosition::Earliest),
-            )
+            .consumer(topic, subscription)
             .with_dead_letter_policy(DeadLetterPolicy {
                 max_redeliver_count: options.max_attempts as usize,
                 dead_letter_topic: self.full_name(&dead_letter_topic(topic, subscription)),

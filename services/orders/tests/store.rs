@@ -271,10 +271,9 @@ async fn cql_events_parked_by_a_dead_writer_move_on_the_next_read() {
         .await
         .unwrap();
     // What a writer that died after its conditional update leaves behind.
-    let parked = serde_json::json!([{
-        "topic": "test.orders", "id": "parked-event", "key": placed.id.to_string(),
-        "kind": "test.OrderEvent", "payload": [], "headers": {}, "occurred_at_ms": 1_500
-    }]);
+    let mut event = Event::new(placed.id.to_string(), "test.OrderEvent", vec![]);
+    event.id = "parked-event".into();
+    let parked = serde_json::to_value([("test.orders", event)]).unwrap();
     cql.session()
         .query_unpaged(
             "UPDATE orders SET pending = ? WHERE id = ?",

@@ -7,10 +7,7 @@
 //! synchronous answer and any number of duplicated or reordered webhooks together produce one
 //! event per outcome. Webhook event ids are remembered with the effect they caused.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use shopmesh_events::Event;
 use shopmesh_host::Migrations;
 use shopmesh_proto::shopmesh::payments::v1::PaymentProvider;
@@ -276,44 +273,6 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// leads to. (On CQL an object that lost the race may stay stored, unreferenced.)
     async fn sandbox_create(&self, object: &SandboxObject) -> Result<SandboxObject, StoreError>;
     async fn sandbox_get(&self, id: &str) -> Result<Option<SandboxObject>, StoreError>;
-}
-
-/// An event as it waits inside a CQL row between its conditional write and the outbox (see
-/// `store/cql.rs`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StoredEvent {
-    id: String,
-    key: String,
-    kind: String,
-    payload: Vec<u8>,
-    headers: BTreeMap<String, String>,
-    occurred_at_ms: i64,
-}
-
-impl From<&Event> for StoredEvent {
-    fn from(event: &Event) -> Self {
-        Self {
-            id: event.id.clone(),
-            key: event.key.clone(),
-            kind: event.kind.clone(),
-            payload: event.payload.clone(),
-            headers: event.headers.clone(),
-            occurred_at_ms: event.occurred_at_ms,
-        }
-    }
-}
-
-impl From<StoredEvent> for Event {
-    fn from(stored: StoredEvent) -> Self {
-        Self {
-            id: stored.id,
-            key: stored.key,
-            kind: stored.kind,
-            payload: stored.payload,
-            headers: stored.headers,
-            occurred_at_ms: stored.occurred_at_ms,
-        }
-    }
 }
 
 /// The payments schema on both backends.

@@ -32,44 +32,8 @@ const INBOX_LEASE: Duration = Duration::from_secs(60);
 
 type OrderRow = (Uuid, Uuid, String, String, i64, i64, i64, Option<String>);
 
-/// An event waiting in an order row for the outbox.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Parked {
-    topic: String,
-    id: String,
-    key: String,
-    kind: String,
-    payload: Vec<u8>,
-    headers: std::collections::BTreeMap<String, String>,
-    occurred_at_ms: i64,
-}
-
-impl Parked {
-    fn of(outgoing: &Outgoing) -> Self {
-        let event = &outgoing.event;
-        Self {
-            topic: outgoing.topic.to_owned(),
-            id: event.id.clone(),
-            key: event.key.clone(),
-            kind: event.kind.clone(),
-            payload: event.payload.clone(),
-            headers: event.headers.clone(),
-            occurred_at_ms: event.occurred_at_ms,
-        }
-    }
-
-    fn row(&self) -> Result<OutboxRow, StoreError> {
-        let event = shopmesh_events::Event {
-            id: self.id.clone(),
-            key: self.key.clone(),
-            kind: self.kind.clone(),
-            payload: self.payload.clone(),
-            headers: self.headers.clone(),
-            occurred_at_ms: self.occurred_at_ms,
-        };
-        OutboxRow::new(&self.topic, &event).map_err(|e| StorageError::Corrupt(e.to_string()).into())
-    }
-}
+/// An event waiting in an order row for the outbox: its topic and the event.
+type Parked = (String, shopmesh_events::Event);
 
 pub struct CqlOrders {
     cql: Cql,
@@ -396,7 +360,10 @@ impl OrderStore for CqlOrders {
 
 impl CqlOrders {
     async fn write(&self, order: &OrderRecord, events: &[Outgoing]) -> Result<(), StoreError> {
-        let parked: Vec<Parked> = events.iter().map(Parked::of).collect();
+        let parked: Vec<Parked> = events
+            .iter()
+            .map(|outgoing| (outgoing.topic.to_owned(), outgoing.event.clone()))
+            .collect();
         let written = self
             .cql
             .execute(
@@ -426,8 +393,10 @@ impl CqlOrders {
         if parked.is_empty() {
             return Ok(());
         }
-        for event in parked {
-            self.cql.execute(self.outbox.insert(), event.row()?).await?;
+        for (topic, event) in parked {
+            let row =
+                OutboxRow::new(topic, event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            self.cql.execute(self.outbox.insert(), row).await?;
         }
         self.cql.execute(&self.clear_parked, (id, version)).await?;
         Ok(())

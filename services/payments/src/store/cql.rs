@@ -36,8 +36,8 @@ use uuid::Uuid;
 
 use super::{
     MAX_ORDER_PAYMENTS, PaymentRecord, PaymentStore, RefundRecord, RefundSettlement, RefundState,
-    SandboxObject, Settled, Settlement, Status, StoreError, StoredEvent, TOPIC, WEBHOOKS,
-    provider_from, provider_name, refund_settled, settled,
+    SandboxObject, Settled, Settlement, Status, StoreError, TOPIC, WEBHOOKS, provider_from,
+    provider_name, refund_settled, settled,
 };
 
 /// How long a webhook claim holds before another delivery may take it over.
@@ -380,7 +380,7 @@ impl CqlPayments {
         let Some(pending) = pending else {
             return Ok(());
         };
-        let event: Event = serde_json::from_str::<StoredEvent>(pending)?.into();
+        let event: Event = serde_json::from_str(pending)?;
         let row =
             OutboxRow::new(TOPIC, &event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         self.cql.execute(self.outbox.insert(), row).await?;
@@ -428,7 +428,7 @@ impl CqlPayments {
         let record = current.record()?;
         if record.status == Status::Processing {
             let next = settled(record, settlement);
-            let pending = serde_json::to_string(&StoredEvent::from(event))?;
+            let pending = serde_json::to_string(event)?;
             let written = self
                 .cql
                 .execute(
@@ -504,7 +504,7 @@ impl CqlPayments {
         let record = current.record()?;
         if record.status == RefundState::Pending {
             let next = refund_settled(record, settlement);
-            let pending = serde_json::to_string(&StoredEvent::from(event))?;
+            let pending = serde_json::to_string(event)?;
             let written = self
                 .cql
                 .execute(
