@@ -65,6 +65,18 @@ async fn stock(platform: &Platform, product: &str) -> i64 {
     answer.json()["stock"].as_i64().unwrap_or(0)
 }
 
+/// Whether the product's stock reaches `expected` within 10 s (the saga settles it after the
+/// order's own change).
+async fn stock_becomes(platform: &Platform, product: &str, expected: i64) -> bool {
+    for _ in 0..100 {
+        if stock(platform, product).await == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 fn order_body(product: &str, quantity: i32, payment_method: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "items": [{"product_id": product, "quantity": quantity}],
@@ -183,15 +195,10 @@ async fn a_paid_order_a_declined_one_and_a_refund() {
             .unwrap()
             .is_empty()
     );
-    let mut released = false;
-    for _ in 0..100 {
-        if stock(&platform, &lamp).await == 8 {
-            released = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(released, "the declined order's stock is released");
+    assert!(
+        stock_becomes(&platform, &lamp, 8).await,
+        "the declined order's stock is released"
+    );
 
     // Watch the paid order as Server-Sent Events while it is cancelled: the current state
     // first, then each transition, and the stream ends at the terminal state.
@@ -254,13 +261,10 @@ async fn a_paid_order_a_declined_one_and_a_refund() {
     );
 
     // Cancelling gave the stock back too.
-    for _ in 0..100 {
-        if stock(&platform, &lamp).await == 10 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the refunded order's stock was not returned");
+    assert!(
+        stock_becomes(&platform, &lamp, 10).await,
+        "the refunded order's stock was not returned"
+    );
 }
 
 #[tokio::test]
@@ -501,15 +505,10 @@ async fn a_crash_mid_pipeline_loses_no_order_and_charges_none_twice() {
     let platform = Platform::start(dir.path(), &burst).await;
     let paid = every_order_ends_charged_once(&platform, &ada, &accepted).await;
     assert!(paid > 0, "some orders were paid");
-    let mut settled = false;
-    for _ in 0..100 {
-        if stock(&platform, &lamp).await == 40 - paid {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(settled, "stock is 40 less the {paid} paid units");
+    assert!(
+        stock_becomes(&platform, &lamp, 40 - paid).await,
+        "stock is 40 less the {paid} paid units"
+    );
 }
 
 /// Settings that lift checkout's rate limits, for one customer placing a burst.

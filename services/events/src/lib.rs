@@ -240,14 +240,7 @@ fn check_names(topic: &str, subscription: Option<&str>) -> Result<(), EventError
 /// Reads an event stored as the columns `id, key, kind, payload, headers, occurred_at`, starting
 /// at column `first` (the embedded log and the SQLite outbox store events the same way).
 fn event_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Event> {
-    let headers: String = row.get(first + 4)?;
-    let headers = serde_json::from_str(&headers).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            first + 4,
-            rusqlite::types::Type::Text,
-            Box::new(e),
-        )
-    })?;
+    let headers = shopmesh_storage::sqlite::json_at(row, first + 4)?;
     Ok(Event {
         id: row.get(first)?,
         key: row.get(first + 1)?,

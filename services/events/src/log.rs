@@ -118,13 +118,7 @@ fn append(tx: &Transaction<'_>, topic: &str, event: &Event) -> Result<(), EventE
 #[async_trait]
 impl EventBus for EmbeddedLog {
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), EventError> {
-        check_names(topic, None)?;
-        event.check()?;
-        let (topic, event) = (topic.to_owned(), event.clone());
-        let signal = self.signal(&topic);
-        self.db.write(move |tx| append(tx, &topic, &event)).await?;
-        signal.notify_waiters();
-        Ok(())
+        self.publish_all(&[(topic.to_owned(), event.clone())]).await
     }
 
     async fn publish_all(&self, events: &[(String, Event)]) -> Result<(), EventError> {

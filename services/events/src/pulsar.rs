@@ -175,25 +175,13 @@ fn from_message(message: &pulsar::consumer::Message<Vec<u8>>) -> Result<Event, E
 #[async_trait]
 impl EventBus for PulsarBus {
     async fn publish(&self, topic: &str, event: &Event) -> Result<(), EventError> {
-        check_names(topic, None)?;
-        event.check()?;
-        let producer = self.producer(topic).await?;
-        // Hold the producer only to enqueue, so concurrent publishes pipeline their receipts.
-        let receipt = producer
-            .lock()
-            .await
-            .send_non_blocking(to_message(event))
-            .await
-            .map_err(|e| EventError::Pulsar(format!("publish to {topic}: {e}")))?;
-        receipt
-            .await
-            .map_err(|e| EventError::Pulsar(format!("publish to {topic}: {e}")))?;
-        Ok(())
+        self.publish_all(&[(topic.to_owned(), event.clone())]).await
     }
 
     async fn publish_all(&self, events: &[(String, Event)]) -> Result<(), EventError> {
         // Enqueue every message first, in order, then wait for all receipts: one round trip
-        // for the batch instead of one per event.
+        // for the batch instead of one per event. A producer is held only to enqueue, so
+        // concurrent publishes pipeline their receipts too.
         let mut receipts = Vec::with_capacity(events.len());
         for (topic, event) in events {
             check_names(topic, None)?;

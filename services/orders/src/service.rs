@@ -198,10 +198,7 @@ impl OrderHandler {
 
     /// The event announcing `effect` on `order`.
     fn event(&self, order: &OrderRecord, effect: Emit, cause: &Cause) -> Outgoing {
-        let money = |minor: i64| Money {
-            currency_code: order.body.currency.clone(),
-            amount_minor: minor,
-        };
+        let money = |minor: i64| money(order, minor);
         let payment_id = order
             .body
             .payment
@@ -261,12 +258,6 @@ impl OrderHandler {
 
     /// The API view of an order.
     fn view(&self, order: &OrderRecord) -> Result<Order> {
-        let money = |minor: i64| {
-            Some(Money {
-                currency_code: order.body.currency.clone(),
-                amount_minor: minor,
-            })
-        };
         let address = self
             .sealer
             .open(&order.body.sealed_address, order.id.as_bytes())
@@ -279,20 +270,8 @@ impl OrderHandler {
             id: order.id.to_string(),
             user_id: order.user_id.to_string(),
             status: order.status.proto() as i32,
-            items: order
-                .body
-                .lines
-                .iter()
-                .map(|line| OrderItem {
-                    product_id: line.product_id.to_string(),
-                    sku: line.sku.clone(),
-                    title: line.title.clone(),
-                    quantity: line.quantity,
-                    unit_price: money(line.unit_minor),
-                    line_total: money(line.unit_minor * i64::from(line.quantity)),
-                })
-                .collect(),
-            total: money(order.body.total_minor),
+            items: items(order),
+            total: Some(money(order, order.body.total_minor)),
             shipping_address: Some(address),
             payment_method: order.body.payment_method.clone(),
             payment: order.body.payment.as_ref().map(|p| PaymentSummary {
@@ -441,6 +420,31 @@ fn record(order: &OrderRecord, before: Status) {
     }
 }
 
+/// `minor` units of the order's currency.
+fn money(order: &OrderRecord, minor: i64) -> Money {
+    Money {
+        currency_code: order.body.currency.clone(),
+        amount_minor: minor,
+    }
+}
+
+/// The order's lines as the API and its events show them.
+fn items(order: &OrderRecord) -> Vec<OrderItem> {
+    order
+        .body
+        .lines
+        .iter()
+        .map(|line| OrderItem {
+            product_id: line.product_id.to_string(),
+            sku: line.sku.clone(),
+            title: line.title.clone(),
+            quantity: line.quantity,
+            unit_price: Some(money(order, line.unit_minor)),
+            line_total: Some(money(order, line.unit_minor * i64::from(line.quantity))),
+        })
+        .collect()
+}
+
 /// The `OrderEvent` carrying `payload` for `order`.
 fn order_event(order: &OrderRecord, payload: order_event::Payload) -> Outgoing {
     let mut event = Event::new(order.id.to_string(), EVENT_KIND, Vec::new());
@@ -557,11 +561,8 @@ impl OrderService for OrderApi {
         let created = order_event(
             &order,
             order_event::Payload::Created(OrderCreated {
-                items: self.view(&order)?.items,
-                total: Some(Money {
-                    currency_code: order.body.currency.clone(),
-                    amount_minor: order.body.total_minor,
-                }),
+                items: items(&order),
+                total: Some(money(&order, order.body.total_minor)),
                 locale: order.body.locale.clone(),
             }),
         );
@@ -651,14 +652,12 @@ impl OrderService for OrderApi {
             .visible(&request.get_ref().id, caller, "orders.orders.cancel_any")
             .await?;
         let cause = Cause::user(&caller.user_id, request.get_ref().reason.clone());
-        let order = match self
+        let applied = self
             .apply(order.id, Input::Cancel, cause, |_| {}, None)
-            .await?
-        {
-            Applied::Changed(order) | Applied::Unchanged(order) => order,
-            Applied::Duplicate => self.load(order.id).await?,
-        };
-        Ok(Response::new(self.view(&order)?))
+            .await?;
+        Ok(Response::new(
+            self.view(&settled(self, order.id, applied).await?)?,
+        ))
     }
 
     async fn ship_order(

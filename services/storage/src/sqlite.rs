@@ -169,3 +169,34 @@ fn migrate(connection: &mut Connection, migrations: &'static [Migration]) -> Res
     }
     Ok(())
 }
+
+/// A column whose stored text does not read as what the record needs.
+pub fn unreadable(
+    column: usize,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, error.into())
+}
+
+/// Column `column`: a UUID stored as text.
+pub fn uuid_at(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(&row.get::<_, String>(column)?).map_err(|e| unreadable(column, e))
+}
+
+/// Column `column`: a UUID stored as text, or NULL.
+pub fn optional_uuid_at(
+    row: &rusqlite::Row<'_>,
+    column: usize,
+) -> rusqlite::Result<Option<uuid::Uuid>> {
+    row.get::<_, Option<String>>(column)?
+        .map(|text| uuid::Uuid::parse_str(&text).map_err(|e| unreadable(column, e)))
+        .transpose()
+}
+
+/// Column `column`: a value stored as JSON text.
+pub fn json_at<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row<'_>,
+    column: usize,
+) -> rusqlite::Result<T> {
+    serde_json::from_str(&row.get::<_, String>(column)?).map_err(|e| unreadable(column, e))
+}

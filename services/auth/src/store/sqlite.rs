@@ -1,22 +1,15 @@
 //! Auth's store on SQLite.
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, params};
 use shopmesh_storage::StorageError;
-use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::sqlite::{Sqlite, uuid_at};
 use uuid::Uuid;
 
 use super::{AuthStore, RefreshToken, StoredKey};
 
 #[derive(Debug, Clone)]
 pub struct SqliteAuth(pub Sqlite);
-
-fn uuid(row: &Row<'_>, column: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(column)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
-    })
-}
 
 #[async_trait]
 impl AuthStore for SqliteAuth {
@@ -104,8 +97,8 @@ impl AuthStore for SqliteAuth {
                     .query_row([hash], |row| {
                         Ok(RefreshToken {
                             hash: row.get(0)?,
-                            family: uuid(row, 1)?,
-                            user_id: uuid(row, 2)?,
+                            family: uuid_at(row, 1)?,
+                            user_id: uuid_at(row, 2)?,
                             expires_at_ms: row.get(3)?,
                             spent: row.get(4)?,
                         })

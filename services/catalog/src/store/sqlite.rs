@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use shopmesh_events::{Event, outbox, topics};
-use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::sqlite::{Sqlite, json_at, optional_uuid_at, uuid_at};
 use uuid::Uuid;
 
 use super::{
@@ -18,30 +18,17 @@ const PRODUCT_COLUMNS: &str = "id, sku, category_id, currency, amount_minor, sto
 #[derive(Debug, Clone)]
 pub struct SqliteCatalog(pub Sqlite);
 
-fn uuid(text: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
-}
-
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    })
-}
-
 fn product(row: &Row<'_>) -> rusqlite::Result<ProductRecord> {
-    let category: Option<String> = row.get(2)?;
     Ok(ProductRecord {
-        id: uuid(&row.get::<_, String>(0)?)?,
+        id: uuid_at(row, 0)?,
         sku: row.get(1)?,
-        category_id: category.as_deref().map(uuid).transpose()?,
+        category_id: optional_uuid_at(row, 2)?,
         currency: row.get(3)?,
         amount_minor: row.get(4)?,
         stock: row.get(5)?,
         rating_average: row.get(6)?,
         rating_count: row.get(7)?,
-        text: json(&row.get::<_, String>(8)?)?,
+        text: json_at(row, 8)?,
         created_at_ms: row.get(9)?,
         updated_at_ms: row.get(10)?,
         version: row.get(11)?,
@@ -49,13 +36,12 @@ fn product(row: &Row<'_>) -> rusqlite::Result<ProductRecord> {
 }
 
 fn category(row: &Row<'_>) -> rusqlite::Result<CategoryRecord> {
-    let parent: Option<String> = row.get(1)?;
     Ok(CategoryRecord {
-        id: uuid(&row.get::<_, String>(0)?)?,
-        parent_id: parent.as_deref().map(uuid).transpose()?,
+        id: uuid_at(row, 0)?,
+        parent_id: optional_uuid_at(row, 1)?,
         slug: row.get(2)?,
         name: row.get(3)?,
-        translations: json(&row.get::<_, String>(4)?)?,
+        translations: json_at(row, 4)?,
         position: row.get(5)?,
     })
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use shopmesh_events::{inbox, outbox};
-use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::sqlite::{Sqlite, json_at, unreadable, uuid_at};
 use uuid::Uuid;
 
 use super::{
@@ -18,20 +18,13 @@ const COLUMNS: &str = "id, user_id, status, body, created_at, updated_at, versio
 #[derive(Debug, Clone)]
 pub struct SqliteOrders(pub Sqlite);
 
-fn corrupt(index: usize, error: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
-}
-
 fn order(row: &Row<'_>) -> rusqlite::Result<OrderRecord> {
-    let uuid = |index: usize| -> rusqlite::Result<Uuid> {
-        Uuid::parse_str(&row.get::<_, String>(index)?).map_err(|e| corrupt(index, e))
-    };
     let status: String = row.get(2)?;
     Ok(OrderRecord {
-        id: uuid(0)?,
-        user_id: uuid(1)?,
-        status: status_from(&status).map_err(|e| corrupt(2, e))?,
-        body: serde_json::from_str(&row.get::<_, String>(3)?).map_err(|e| corrupt(3, e))?,
+        id: uuid_at(row, 0)?,
+        user_id: uuid_at(row, 1)?,
+        status: status_from(&status).map_err(|e| unreadable(2, e))?,
+        body: json_at(row, 3)?,
         created_at_ms: row.get(4)?,
         updated_at_ms: row.get(5)?,
         version: row.get(6)?,

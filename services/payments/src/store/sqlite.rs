@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use shopmesh_events::{Event, inbox, outbox};
-use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::sqlite::{Sqlite, unreadable, uuid_at};
 use uuid::Uuid;
 
 use super::{
@@ -20,23 +20,15 @@ const REFUND_COLUMNS: &str = "id, payment_id, order_id, provider_refund_id, curr
 #[derive(Debug, Clone)]
 pub struct SqlitePayments(pub Sqlite);
 
-fn conversion(error: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(error))
-}
-
-fn uuid(text: &str) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(text).map_err(conversion)
-}
-
 fn payment(row: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
     Ok(PaymentRecord {
-        id: uuid(&row.get::<_, String>(0)?)?,
-        order_id: uuid(&row.get::<_, String>(1)?)?,
-        user_id: uuid(&row.get::<_, String>(2)?)?,
-        provider: provider_from(&row.get::<_, String>(3)?).map_err(conversion)?,
+        id: uuid_at(row, 0)?,
+        order_id: uuid_at(row, 1)?,
+        user_id: uuid_at(row, 2)?,
+        provider: provider_from(&row.get::<_, String>(3)?).map_err(|e| unreadable(3, e))?,
         provider_payment_id: row.get(4)?,
         attempt: row.get(5)?,
-        status: Status::from_name(&row.get::<_, String>(6)?).map_err(conversion)?,
+        status: Status::from_name(&row.get::<_, String>(6)?).map_err(|e| unreadable(6, e))?,
         currency: row.get(7)?,
         amount_minor: row.get(8)?,
         amount_refunded_minor: row.get(9)?,
@@ -52,13 +44,13 @@ fn payment(row: &Row<'_>) -> rusqlite::Result<PaymentRecord> {
 
 fn refund(row: &Row<'_>) -> rusqlite::Result<RefundRecord> {
     Ok(RefundRecord {
-        id: uuid(&row.get::<_, String>(0)?)?,
-        payment_id: uuid(&row.get::<_, String>(1)?)?,
-        order_id: uuid(&row.get::<_, String>(2)?)?,
+        id: uuid_at(row, 0)?,
+        payment_id: uuid_at(row, 1)?,
+        order_id: uuid_at(row, 2)?,
         provider_refund_id: row.get(3)?,
         currency: row.get(4)?,
         amount_minor: row.get(5)?,
-        status: RefundState::from_name(&row.get::<_, String>(6)?).map_err(conversion)?,
+        status: RefundState::from_name(&row.get::<_, String>(6)?).map_err(|e| unreadable(6, e))?,
         reason: row.get(7)?,
         failure_reason: row.get(8)?,
         created_at_ms: row.get(9)?,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 use shopmesh_events::{Event, outbox};
 use shopmesh_storage::StorageError;
-use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::sqlite::{Sqlite, json_at, uuid_at};
 use uuid::Uuid;
 
 use super::{Attempt, Cursor, Failures, StoreError, TOPIC, UserRecord, UserStore};
@@ -17,18 +17,13 @@ const COLUMNS: &str =
 pub struct SqliteUsers(pub Sqlite);
 
 fn record(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
-    let id: String = row.get(0)?;
-    let roles: String = row.get(5)?;
-    let corrupt = |e: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-    };
     Ok(UserRecord {
-        id: Uuid::parse_str(&id).map_err(|e| corrupt(e.to_string()))?,
+        id: uuid_at(row, 0)?,
         email_index: row.get(1)?,
         password_hash: row.get(2)?,
         profile: row.get(3)?,
         locale: row.get(4)?,
-        roles: serde_json::from_str(&roles).map_err(|e| corrupt(e.to_string()))?,
+        roles: json_at(row, 5)?,
         created_at_ms: row.get(6)?,
         updated_at_ms: row.get(7)?,
         version: row.get(8)?,
