@@ -56,14 +56,18 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    axum::serve(listener, router(readiness))
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+}
+
+/// The admin endpoints as a router, for processes that serve more beside them (the sidecar).
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(prometheus))
-        .with_state(readiness);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+        .with_state(readiness)
 }
 
 async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
