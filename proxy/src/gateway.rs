@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Method, header};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -67,7 +67,9 @@ pub struct Gateway {
 pub struct RequestState {
     started: Option<Instant>,
     route: Option<String>,
-    target: Option<SocketAddr>,
+    /// Where a gRPC request goes: the owning service and the address serving it (the service,
+    /// or the node's mesh sidecar).
+    target: Option<(String, SocketAddr)>,
     request_id: String,
     /// How a stream ended and how many messages it sent.
     stream: Option<(sse::End, u64)>,
@@ -430,7 +432,7 @@ impl Gateway {
         let target = self
             .grpc_targets
             .get(service)
-            .copied()
+            .map(|address| (service.to_owned(), *address))
             .ok_or_else(|| Status::unimplemented(format!("unknown service {service}")))?;
         if let Some(ip) = client_ip(session) {
             self.limiter
@@ -526,14 +528,36 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         state: &mut RequestState,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let target = state.target.ok_or_else(|| {
+        let target = state.target.clone().ok_or_else(|| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")
         })?;
-        let mut peer = HttpPeer::new(target, false, String::new());
+        let mut peer = HttpPeer::new(target.1, false, String::new());
         peer.options.alpn = ALPN::H2;
         peer.options.max_h2_streams = 128;
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         Ok(Box::new(peer))
+    }
+
+    /// A gRPC call names its service as `:authority`, which a mesh sidecar routes by.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        state: &mut RequestState,
+    ) -> pingora::Result<()> {
+        if let Some((service, _)) = &state.target {
+            let path = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .map_err(|e| {
+                    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "path", e)
+                })?;
+            upstream_request.set_uri(path);
+            upstream_request.insert_header(header::HOST, service.as_str())?;
+        }
+        Ok(())
     }
 
     /// Headers every proxied answer carries.

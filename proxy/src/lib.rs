@@ -65,7 +65,7 @@ impl Service for Edge {
             let Some(address) = context.peers.address(&service) else {
                 continue;
             };
-            channels.insert(service.clone(), grpc::connect(address)?);
+            channels.insert(service.clone(), grpc::connect(address, &service)?);
             grpc_targets.insert(service, resolve(address).await?);
         }
         let openapi = serde_json::to_vec(&openapi::document(&router))?.into();

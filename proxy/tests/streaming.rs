@@ -204,7 +204,7 @@ async fn start(stream_timeout: Duration) -> Harness {
         .unwrap();
     let verifier = Verifier::new(Arc::new(vec![key.jwk()]), Policy::default());
     let shutdown = Shutdown::new();
-    let channel = shopmesh_kit::grpc::connect(&format!("http://{upstream}")).unwrap();
+    let channel = shopmesh_kit::grpc::connect(&format!("http://{upstream}"), "orders").unwrap();
     let gateway = Gateway {
         router: Router::from_descriptors(descriptors()).unwrap(),
         upstreams: Upstreams::new(HashMap::from([("orders".to_owned(), channel)])),

@@ -4,6 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
+mod cluster;
+mod import;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +48,16 @@ enum Command {
     /// Event bus administration.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Catalog administration.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// The mesh CA and service identities.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// The distributed mode on this machine: etcd, nodes on loopback addresses with a mesh
+    /// sidecar each, every service a process of its own binary, and the edge.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Add generated products (and their categories) to the catalog, for benchmarks. Products
     /// that exist already are skipped, so a repeated run adds nothing.
     Seed {
@@ -75,6 +88,27 @@ enum AdminCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CatalogCommand {
+    /// Add the products of a JSON Lines file, one product per line in the shape of the
+    /// public API's CreateProduct request (the JSON body of `POST /v1/products`), through the
+    /// same checks and writes as the API. Lines that fail are reported with their number and
+    /// reason and the rest is imported; the exit status is non-zero if any line was rejected.
+    Import {
+        /// The file, e.g. products.jsonl; `-` reads standard input.
+        #[arg(value_name = "FILE.jsonl")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Start the cluster and run it until Ctrl-C.
+    Up(cluster::ClusterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +256,25 @@ fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Command::Cluster(ClusterCommand::Up(args)) => match cluster::up(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ca(command) => match ca::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Catalog(CatalogCommand::Import { file, target }) => {
+            tool(target, &shopmesh_catalog::Catalog, |context| async move {
+                catalog_import(context, &file).await
+            })
+        }
         Command::Auth(AuthCommand::RotateKeys { target }) => {
             tool(target, &shopmesh_auth::Auth, |context| async move {
                 let kid = shopmesh_auth::rotate_keys(&context).await?;
@@ -231,6 +284,71 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// `shopmesh catalog import`: reads the file, creates each product, reports progress on
+/// standard error (at most twice a second) and each rejected line.
+async fn catalog_import(context: shopmesh_host::ServiceContext, file: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        Box::new(std::io::BufReader::with_capacity(256 * 1024, opened))
+    };
+    let config: shopmesh_catalog::CatalogConfig = context.config()?;
+    let handler = shopmesh_catalog::open(&context, &config, shopmesh_catalog::Follow::No).await?;
+    let started = std::time::Instant::now();
+    let mut shown = started;
+    let summary = import::import(
+        reader,
+        import::MAX_LINE_BYTES,
+        |product| {
+            let handler = handler.clone();
+            async move {
+                handler.create(product).await.map(drop).map_err(|error| {
+                    // Name the fields a check refused, as the API's BadRequest details do.
+                    let fields: Vec<String> = error
+                        .violations()
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect();
+                    if fields.is_empty() {
+                        error.to_string()
+                    } else {
+                        format!("{} ({})", fields.join("; "), error.reason())
+                    }
+                })
+            }
+        },
+        |rejection| eprintln!("\rline {}: {}\x1b[K", rejection.line, rejection.reason),
+        |summary| {
+            if shown.elapsed() >= std::time::Duration::from_millis(500) {
+                shown = std::time::Instant::now();
+                eprint!(
+                    "\r  {} lines: {} added, {} rejected\x1b[K",
+                    summary.lines, summary.added, summary.rejected
+                );
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("reading {}", file.display()))?;
+    eprint!("\r\x1b[K");
+    context.finish().await;
+    println!(
+        "imported {} of {} products from {} in {:.1} s; {} line(s) rejected",
+        summary.added,
+        summary.products,
+        file.display(),
+        started.elapsed().as_secs_f64(),
+        summary.rejected
+    );
+    if summary.rejected > 0 {
+        anyhow::bail!("{} line(s) rejected (listed above)", summary.rejected);
+    }
+    Ok(())
 }
 
 /// Runs a tool against one service's store and prints its error, if any.

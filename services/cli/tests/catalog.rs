@@ -445,3 +445,111 @@ async fn seeding_adds_generated_products_that_search_finds() {
     assert_eq!(listed["results"].as_array().unwrap().len(), 60);
     platform.stop().await;
 }
+
+#[tokio::test]
+async fn importing_json_lines_adds_the_valid_products_and_explains_each_rejection() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(dir.path(), &[]).await;
+    let token = admin(&platform).await;
+    let lamps = catalog(&platform)
+        .create_category(bearer(
+            CreateCategoryRequest {
+                slug: "lamps".into(),
+                name: "Lamps".into(),
+                ..CreateCategoryRequest::default()
+            },
+            token.trim_start_matches("Bearer "),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let product = |sku: &str, title: &str| {
+        serde_json::json!({
+            "sku": sku,
+            "title": title,
+            "category_id": lamps.id,
+            "description": "Imported for the test.",
+            "price": {"currency_code": "EUR", "amount_minor": "4990"},
+            "attributes": {"colour": "teal"},
+            "stock": 12,
+            "translations": {"de": {"title": format!("{title} (de)")}},
+        })
+        .to_string()
+    };
+    let lines = [
+        product("IMP-1", "Quillback lantern"),
+        product("IMP-2", "Quillback stove"),
+        String::new(),
+        r#"{"sku": "IMP-3", "title": "No price"}"#.to_owned(),
+        r#"{"sku": "IMP-4", "title": "Typo", "price": {"currency_code": "EUR", "amount_minor": "1"}, "stokc": 3}"#.to_owned(),
+        "{\"sku\": \"IMP-5\"".to_owned(),
+        product("IMP-1", "Same SKU again"),
+        format!(r#"{{"sku": "IMP-6", "title": "{}"}}"#, "x".repeat(1024 * 1024)),
+        r#"{"sku": "IMP-7", "title": "Nowhere", "category_id": "0190a4c6-2b4e-7c1a-9f3e-0123456789ab", "price": {"currency_code": "EUR", "amount_minor": "1"}}"#.to_owned(),
+        product("IMP-8", "Quillback kettle"),
+    ];
+    let file = dir.path().join("products.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let import = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_shopmesh"))
+            .args(["catalog", "import"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--set", "log.level=\"warn\""])
+            .output()
+            .unwrap()
+    };
+    let output = import();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !output.status.success(),
+        "rejected lines make the exit status non-zero"
+    );
+    assert!(
+        stdout.starts_with("imported 3 of 9 products from"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("6 line(s) rejected"), "{stdout}");
+    for (line, reason) in [
+        (4, "price"),
+        (5, "stokc"),
+        (6, "not a product"),
+        (7, "SKU_TAKEN"),
+        (8, "longer than 1048576 bytes"),
+        (9, "no such category"),
+    ] {
+        let rejection = stderr
+            .lines()
+            .map(|l| l.trim_start_matches('\r'))
+            .find(|l| l.starts_with(&format!("line {line}: ")))
+            .unwrap_or_else(|| panic!("no rejection of line {line}: {stderr}"));
+        assert!(rejection.contains(reason), "{rejection}");
+    }
+
+    // The imported products reach search through the product events, with their texts.
+    let found = search_until(
+        &platform,
+        "q=quillback",
+        std::time::Duration::from_secs(10),
+        |body| body["total"].as_i64() == Some(3),
+    )
+    .await;
+    let id = found["results"][0]["id"].as_str().unwrap().to_owned();
+    let german = http(
+        &platform.edge,
+        "GET",
+        &format!("/v1/products/{id}"),
+        &[("accept-language", "de")],
+        b"",
+    )
+    .await;
+    assert!(german.json()["title"].as_str().unwrap().ends_with("(de)"));
+    assert_eq!(german.json()["stock"], 12);
+
+    // A second import adds nothing: every SKU is taken.
+    let again = String::from_utf8(import().stdout).unwrap();
+    assert!(again.starts_with("imported 0 of 9 products"), "{again}");
+    platform.stop().await;
+}

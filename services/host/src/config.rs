@@ -27,6 +27,9 @@ pub struct PlatformConfig {
     /// Where peer services run that this process does not host (static discovery), as
     /// `http://host:port`.
     pub peers: BTreeMap<String, String>,
+    /// The outbound listener the node's mesh sidecar keeps for this process's service, e.g.
+    /// `http://127.0.0.1:15001`: peers not hosted here and not in `peers` are called through it.
+    pub mesh: Option<String>,
     /// What access tokens say and every service checks.
     pub tokens: TokenConfig,
     /// Addresses besides loopback allowed to call internal methods: the hosts of peer
@@ -47,6 +50,7 @@ impl Default for PlatformConfig {
             events: EventsConfig::default(),
             listen: BTreeMap::new(),
             peers: BTreeMap::new(),
+            mesh: None,
             tokens: TokenConfig::default(),
             trusted_peers: Vec::new(),
             services: BTreeMap::new(),
@@ -113,6 +117,14 @@ impl Validate for PlatformConfig {
             return Err(ConfigError::invalid(
                 "tokens",
                 "issuer and audience must not be empty",
+            ));
+        }
+        if let Some(url) = &self.mesh
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::invalid(
+                "mesh",
+                "must be an http:// URL (the sidecar's loopback listener)",
             ));
         }
         for (service, url) in &self.peers {

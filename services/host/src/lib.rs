@@ -104,7 +104,7 @@ pub async fn run(
         );
         listeners.push(Some(listener));
     }
-    let peers = Peers::new(addresses);
+    let peers = Peers::new(addresses, config.mesh.clone());
     let authority = authority(&config, &peers)?;
 
     let tasks = TaskTracker::new();
@@ -208,7 +208,7 @@ pub async fn tool_context(
     addresses
         .entry("auth".to_owned())
         .or_insert_with(|| "http://127.0.0.1:9".to_owned());
-    let peers = Peers::new(addresses);
+    let peers = Peers::new(addresses, config.mesh.clone());
     Ok(ServiceContext {
         name: service.name(),
         mode,

@@ -175,17 +175,28 @@ pub enum Store {
     Cql(Cql),
 }
 
-/// Where peer services are reached (static discovery): service name → `http://host:port`.
+/// Where peer services are reached: their own address (services in this process, and static
+/// `peers` entries), or else the node's mesh sidecar, which finds them by name.
 #[derive(Debug, Clone, Default)]
-pub struct Peers(Arc<BTreeMap<String, String>>);
+pub struct Peers {
+    addresses: Arc<BTreeMap<String, String>>,
+    mesh: Option<Arc<str>>,
+}
 
 impl Peers {
-    pub fn new(addresses: BTreeMap<String, String>) -> Self {
-        Self(Arc::new(addresses))
+    pub fn new(addresses: BTreeMap<String, String>, mesh: Option<String>) -> Self {
+        Self {
+            addresses: Arc::new(addresses),
+            mesh: mesh.map(Into::into),
+        }
     }
 
+    /// The URL calls to `service` are sent to.
     pub fn address(&self, service: &str) -> Option<&str> {
-        self.0.get(service).map(String::as_str)
+        self.addresses
+            .get(service)
+            .map(String::as_str)
+            .or(self.mesh.as_deref())
     }
 
     /// A lazily connected channel to `service`, carrying the request context.
@@ -196,6 +207,6 @@ impl Peers {
                 format!("no address configured for service {service}"),
             )
         })?;
-        grpc::connect(address).map_err(|e| Error::internal("invalid peer address", e))
+        grpc::connect(address, service).map_err(|e| Error::internal("invalid peer address", e))
     }
 }

@@ -61,9 +61,15 @@ pub async fn serve(
         .await
 }
 
-/// A lazily connected channel to `uri` (`http://host:port`); the first call connects.
-pub fn connect(uri: &str) -> Result<PeerChannel, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(uri.to_owned())?
+/// A lazily connected channel to `service` at `uri` (`http://host:port`); the first call
+/// connects. Calls name the service as their `:authority`, so the same channel works whether
+/// `uri` is the service itself or its node's mesh sidecar, which routes by that name.
+pub fn connect(uri: &str, service: &str) -> Result<PeerChannel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(uri.to_owned())?;
+    if let Ok(origin) = format!("http://{service}").parse::<http::Uri>() {
+        endpoint = endpoint.origin(origin);
+    }
+    let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))

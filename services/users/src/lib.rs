@@ -125,8 +125,29 @@ pub async fn create_user(
 
 /// `shopmesh up` only: creates the first administrator with a random password, printed once.
 async fn ensure_first_admin(handler: &UserHandler, email: &str) -> anyhow::Result<()> {
+    if let Some(password) = first_admin(handler, email).await? {
+        println!("  first admin    {email}  password {password}  (shown once: keep it)");
+    }
+    Ok(())
+}
+
+/// Creates the first administrator (`first_admin_email`) unless it exists, outside a running
+/// platform (`shopmesh cluster up`); returns its e-mail address and password, to be shown once.
+pub async fn create_first_admin(
+    context: &ServiceContext,
+) -> anyhow::Result<Option<(String, String)>> {
+    let config: UsersConfig = context.config()?;
+    let handler = open(context, &config).await?;
+    let email = config.first_admin_email;
+    Ok(first_admin(&handler, &email)
+        .await?
+        .map(|password| (email, password)))
+}
+
+/// The first administrator's password if this call created it.
+async fn first_admin(handler: &UserHandler, email: &str) -> anyhow::Result<Option<String>> {
     if handler.find_by_email(email).await?.is_some() {
-        return Ok(());
+        return Ok(None);
     }
     let password = shopmesh_kit::crypto::random_token(15);
     handler
@@ -138,6 +159,5 @@ async fn ensure_first_admin(handler: &UserHandler, email: &str) -> anyhow::Resul
             roles: vec!["admin".into()],
         })
         .await?;
-    println!("  first admin    {email}  password {password}  (shown once: keep it)");
-    Ok(())
+    Ok(Some(password))
 }
