@@ -55,6 +55,16 @@ impl Table {
             .insert(instance.to_owned(), endpoint);
     }
 
+    /// Sets the instances of `service` to exactly `instances`.
+    pub fn replace(&mut self, service: &str, instances: Vec<(String, Endpoint)>) {
+        if instances.is_empty() {
+            self.0.remove(service);
+        } else {
+            self.0
+                .insert(service.to_owned(), instances.into_iter().collect());
+        }
+    }
+
     pub fn remove(&mut self, service: &str, instance: &str) {
         if let Some(instances) = self.0.get_mut(service) {
             instances.remove(instance);

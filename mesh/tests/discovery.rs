@@ -131,3 +131,95 @@ async fn a_follower_of_an_unreachable_etcd_keeps_an_empty_table_and_does_not_fai
     assert!(follower.table().is_empty());
     shutdown.trigger();
 }
+
+/// A dnsmasq of this test's own, answering for `mesh.test` only.
+struct Dnsmasq(std::process::Child, std::net::SocketAddr);
+
+impl Dnsmasq {
+    fn start(records: &[String]) -> Self {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let program = ["dnsmasq", "/usr/sbin/dnsmasq"]
+            .into_iter()
+            .find(|p| {
+                std::process::Command::new(p)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+            .expect("dnsmasq (the test bed installs it with etcd)");
+        let child = std::process::Command::new(program)
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .args(["--listen-address=127.0.0.1", "--user=root", "--pid-file="])
+            // Authoritative for the test zone: unknown names are NXDOMAIN, not refused.
+            .arg("--local=/mesh.test/")
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child, format!("127.0.0.1:{port}").parse().unwrap())
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn dns_discovery_reads_srv_records_and_falls_back_to_a_records() {
+    // dnsmasq comes with the test bed's etcd.
+    if testbed::address("SHOPMESH_TEST_ETCD", "etcd").is_none() {
+        return;
+    }
+    let dns = Dnsmasq::start(&[
+        "--srv-host=_catalog._tcp.mesh.test,cat-a.mesh.test,15443,0,5".into(),
+        "--srv-host=_catalog._tcp.mesh.test,cat-b.mesh.test,15444,0,1".into(),
+        "--host-record=cat-a.mesh.test,127.0.0.3".into(),
+        "--host-record=cat-b.mesh.test,127.0.0.4".into(),
+        "--host-record=auth.mesh.test,127.0.0.5".into(),
+    ]);
+    let shutdown = Shutdown::new();
+    let config = DiscoveryConfig::Dns(shopmesh_mesh::discovery::DnsConfig {
+        domain: "mesh.test".into(),
+        nameserver: Some(dns.1),
+        port: 15443,
+        services: vec!["catalog".into(), "auth".into(), "orders".into()],
+        refresh: Duration::from_millis(200),
+    });
+    config.validate().unwrap();
+    let mut discovery = Discovery::start(&config, shutdown.clone());
+    wait_for(&mut discovery, "catalog", |n| n == 2).await;
+    wait_for(&mut discovery, "auth", |n| n == 1).await;
+    let table = discovery.table();
+    let catalog = table.instances("catalog");
+    let addresses: Vec<String> = catalog
+        .iter()
+        .map(|i| i.endpoint.address.to_string())
+        .collect();
+    assert_eq!(addresses, ["127.0.0.3:15443", "127.0.0.4:15444"]);
+    assert_eq!(catalog[0].endpoint.weight, 5);
+    assert_eq!(catalog[0].endpoint.node, "cat-a.mesh.test");
+    assert_eq!(
+        table.instances("auth")[0].endpoint.address.to_string(),
+        "127.0.0.5:15443"
+    );
+    assert!(table.instances("orders").is_empty());
+
+    // The server going away keeps the last answer.
+    drop(dns);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(discovery.table().instances("catalog").len(), 2);
+    shutdown.trigger();
+}

@@ -1,7 +1,8 @@
-//! Where the instances of every service are. A source (etcd or a static list) keeps one
+//! Where the instances of every service are. A source (etcd, DNS or a static list) keeps one
 //! [`Table`] up to date; consumers read the latest table or wait for the next one. A source that
 //! loses its backend keeps publishing nothing new, so the last good table stays in use.
 
+pub mod dns;
 pub mod etcd;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::endpoint::{Endpoint, Table, is_valid_name};
 
+pub use dns::DnsConfig;
 pub use etcd::{EtcdConfig, Registrar};
 
 /// Which source the table comes from.
@@ -22,6 +24,8 @@ pub use etcd::{EtcdConfig, Registrar};
 pub enum DiscoveryConfig {
     /// Registrations in etcd under `/shopmesh/v1/services/`, followed with a watch.
     Etcd(EtcdConfig),
+    /// SRV (or A) records in a DNS zone, re-resolved periodically.
+    Dns(DnsConfig),
     /// A fixed list: `services.<name>.<instance> = { address = "...", node = "..." }`.
     Static {
         #[serde(default)]
@@ -39,6 +43,7 @@ impl DiscoveryConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             Self::Etcd(etcd) => etcd.validate(),
+            Self::Dns(dns) => dns.validate(),
             Self::Static { services } => {
                 for (service, instances) in services {
                     for instance in instances.keys() {
@@ -67,6 +72,7 @@ impl Discovery {
     pub fn start(config: &DiscoveryConfig, shutdown: Shutdown) -> Self {
         match config {
             DiscoveryConfig::Etcd(etcd) => Self::from(etcd::follow(etcd.clone(), shutdown)),
+            DiscoveryConfig::Dns(dns) => Self::from(dns::follow(dns.clone(), shutdown)),
             DiscoveryConfig::Static { services } => {
                 let mut table = Table::new();
                 for (service, instances) in services {

@@ -183,7 +183,8 @@ impl Sidecar {
                 });
                 Some(registrar)
             }
-            DiscoveryConfig::Static { .. } => None,
+            // DNS and static lists are maintained by their owners.
+            DiscoveryConfig::Dns(_) | DiscoveryConfig::Static { .. } => None,
         };
         for (name, service) in &shared.config.services {
             if let Some(address) = service.address {

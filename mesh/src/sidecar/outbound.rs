@@ -177,6 +177,9 @@ impl Outbound {
                     } else {
                         endpoint.succeeded(sent.elapsed());
                     }
+                    metrics::histogram!("shopmesh_mesh_peer_latency_seconds",
+                        "service" => service.to_owned(), "peer" => address.to_string())
+                    .record(sent.elapsed().as_secs_f64());
                     return response.map(|body| body.boxed());
                 }
                 Ok(Err(mut error)) => {
