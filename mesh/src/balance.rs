@@ -208,21 +208,28 @@ impl Balancer {
     /// candidate is ejected they are all used anyway: a guess beats refusing every call.
     pub fn pick(&self, instances: &[Instance], tried: &[SocketAddr]) -> Option<Arc<EndpointStats>> {
         let now = Instant::now();
-        let fresh: Vec<Arc<EndpointStats>> = instances
+        let fresh: Vec<(Arc<EndpointStats>, f64)> = instances
             .iter()
             .filter(|instance| !tried.contains(&instance.endpoint.address))
-            .map(|instance| self.stats(instance.endpoint.address))
+            .map(|instance| {
+                let weight = f64::from(instance.endpoint.weight.max(1));
+                (self.stats(instance.endpoint.address), weight)
+            })
             .collect();
-        let healthy: Vec<&Arc<EndpointStats>> =
-            fresh.iter().filter(|stats| !stats.ejected(now)).collect();
-        let pool: Vec<&Arc<EndpointStats>> = if healthy.is_empty() {
+        let healthy: Vec<&(Arc<EndpointStats>, f64)> = fresh
+            .iter()
+            .filter(|(stats, _)| !stats.ejected(now))
+            .collect();
+        let pool: Vec<&(Arc<EndpointStats>, f64)> = if healthy.is_empty() {
             fresh.iter().collect()
         } else {
             healthy
         };
+        // A heavier endpoint looks proportionally cheaper.
+        let cost = |(stats, weight): &(Arc<EndpointStats>, f64)| stats.cost(now) / weight;
         match pool.len() {
             0 => None,
-            1 => Some(pool[0].clone()),
+            1 => Some(pool[0].0.clone()),
             n => {
                 let mut rng = rand::rng();
                 let a = rng.random_range(0..n);
@@ -231,7 +238,7 @@ impl Balancer {
                     b += 1;
                 }
                 let (a, b) = (pool[a], pool[b]);
-                Some(if a.cost(now) <= b.cost(now) { a } else { b }.clone())
+                Some(if cost(a) <= cost(b) { a } else { b }.0.clone())
             }
         }
     }
@@ -319,6 +326,23 @@ mod tests {
             .count();
         // With two random draws out of three, the fast one is in the pair 2/3 of the time.
         assert!((1800..2200).contains(&fast), "{fast}");
+    }
+
+    #[test]
+    fn a_heavier_endpoint_takes_more_calls() {
+        let balancer = Balancer::new();
+        let mut heavy = instance(1);
+        heavy.endpoint.weight = 4;
+        let instances = [heavy, instance(2)];
+        for instance in &instances {
+            balancer
+                .stats(instance.endpoint.address)
+                .succeeded(Duration::from_millis(2));
+        }
+        let to_heavy = (0..1000)
+            .filter(|_| balancer.pick(&instances, &[]).unwrap().address().port() == 1)
+            .count();
+        assert_eq!(to_heavy, 1000);
     }
 
     #[test]
