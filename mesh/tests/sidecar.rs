@@ -627,3 +627,58 @@ async fn routing_goes_on_from_the_cache_while_etcd_is_down_and_registrations_cat
         .await;
     assert!(call(edge, "catalog", GET, None).await.status == "0");
 }
+
+/// The certificate node-b's inbound side presents for catalog to a new connection, and that
+/// connection (still open).
+async fn served_certificate(
+    inbound: SocketAddr,
+    config: rustls::ClientConfig,
+) -> (Vec<u8>, tokio_rustls::client::TlsStream<TcpStream>) {
+    let tcp = TcpStream::connect(inbound).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("catalog").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    (served, tls)
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_without_dropping_connections() {
+    let Some(mesh) = Mesh::start().await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let inbound = mesh.nodes["node-b"].inbound;
+    let anchor = TrustAnchor::load(&mesh.ca.join(identity::CA_CERT)).unwrap();
+    let (cert, key) = mesh.issue("edge", "node-x");
+    let edge = Arc::new(ServiceKey::load(&cert, &key, ENV, "edge").unwrap());
+    let config = || identity::client_config(&anchor, edge.clone()).unwrap();
+
+    let edge_outbound = mesh.outbound("node-a", "edge");
+    assert_eq!(call(edge_outbound, "catalog", GET, None).await.status, "0");
+    let (before, _open) = served_certificate(inbound, config()).await;
+
+    // Renew node-b's catalog certificate on disk, as `shopmesh ca issue` would.
+    std::thread::sleep(Duration::from_millis(20));
+    let (renewed, _) = mesh.issue("catalog", "node-b");
+    let renewed = std::fs::read_to_string(renewed).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (served, _) = served_certificate(inbound, config()).await;
+        if served != before {
+            let pem = rustls_pki_types::pem::PemObject::from_pem_slice(renewed.as_bytes());
+            let expected: rustls_pki_types::CertificateDer = pem.unwrap();
+            assert_eq!(served, expected.to_vec());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Calls over the connections opened before go on.
+    for _ in 0..10 {
+        assert_eq!(call(edge_outbound, "catalog", GET, None).await.status, "0");
+    }
+}
