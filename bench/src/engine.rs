@@ -129,6 +129,9 @@ pub enum ErrorKind {
     Grpc(tonic::Code),
     /// The connection or stream failed mid-request, or the answer was malformed.
     Transport,
+    /// A scenario step's answer lacked a value the step captures (or the value could not be
+    /// used in its next request).
+    Capture,
 }
 
 impl ErrorKind {
@@ -143,6 +146,7 @@ impl ErrorKind {
             Self::Status(5) => "status_5xx",
             Self::Status(_) => "status_other",
             Self::Transport => "transport",
+            Self::Capture => "capture",
             Self::Grpc(code) => match code {
                 Code::Ok => "grpc_ok",
                 Code::Cancelled => "grpc_cancelled",
@@ -194,6 +198,65 @@ pub trait Target: Send + Sync + 'static {
 
     /// Sends one request on `conn` and reads its whole answer.
     fn call(&self, conn: &Self::Conn) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// The names of the steps a call may run, for a target that mixes several kinds of
+    /// request (a scenario); each gets its own counts and histogram. Empty when every call is
+    /// alike.
+    fn steps(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Like [`Target::call`], for a target with steps: writes the index of the step it runs
+    /// into `step` as soon as it has chosen it, so that a call cut short by its timeout is
+    /// still counted against its step.
+    fn call_step(
+        &self,
+        conn: &Self::Conn,
+        step: &mut Option<usize>,
+    ) -> impl Future<Output = Result<(), Failure>> + Send {
+        let _ = step;
+        self.call(conn)
+    }
+}
+
+/// What a worker has recorded of one step of a target with steps.
+#[derive(Debug, Clone)]
+pub struct StepTally {
+    /// Of successful calls of this step, measured as [`Tally::latency`].
+    pub latency: Histogram<u64>,
+    pub ok: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl StepTally {
+    fn new() -> Self {
+        Self {
+            latency: new_histogram(),
+            ok: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// Calls of this step that ended, successfully or not.
+    pub fn requests(&self) -> u64 {
+        self.ok + self.errors.values().sum::<u64>()
+    }
+
+    fn add(&mut self, other: &StepTally) {
+        self.latency
+            .add(&other.latency)
+            .expect("histograms grow to take any recorded value");
+        self.ok += other.ok;
+        for (kind, count) in &other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.latency.reset();
+        self.ok = 0;
+        self.errors.clear();
+    }
 }
 
 /// What a worker has recorded since the collector last drained it.
@@ -213,10 +276,12 @@ pub struct Tally {
     pub last_sent: Option<Instant>,
     /// When the last request ended.
     pub last_done: Option<Instant>,
+    /// Per step of a target with steps ([`Target::steps`]), in its order.
+    pub steps: Vec<StepTally>,
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(steps: usize) -> Self {
         Self {
             latency: new_histogram(),
             service: new_histogram(),
@@ -226,6 +291,7 @@ impl Tally {
             reconnects: 0,
             last_sent: None,
             last_done: None,
+            steps: (0..steps).map(|_| StepTally::new()).collect(),
         }
     }
 
@@ -254,6 +320,9 @@ impl Tally {
         self.reconnects += other.reconnects;
         self.last_sent = self.last_sent.max(other.last_sent);
         self.last_done = self.last_done.max(other.last_done);
+        for (mine, theirs) in self.steps.iter_mut().zip(&other.steps) {
+            mine.add(theirs);
+        }
     }
 
     /// Moves everything into `into` and starts afresh (keeping the histograms' memory).
@@ -265,6 +334,9 @@ impl Tally {
         self.errors.clear();
         self.unsent = 0;
         self.reconnects = 0;
+        for step in &mut self.steps {
+            step.clear();
+        }
     }
 
     fn record(
@@ -273,14 +345,25 @@ impl Tally {
         scheduled: Instant,
         sent: Instant,
         done: Instant,
+        step: Option<usize>,
     ) {
+        let step = step.and_then(|index| self.steps.get_mut(index));
         match result {
             Ok(()) => {
                 self.ok += 1;
                 record_us(&mut self.latency, micros(done - scheduled));
                 record_us(&mut self.service, micros(done - sent));
+                if let Some(step) = step {
+                    step.ok += 1;
+                    record_us(&mut step.latency, micros(done - scheduled));
+                }
             }
-            Err(kind) => *self.errors.entry(kind.name()).or_default() += 1,
+            Err(kind) => {
+                *self.errors.entry(kind.name()).or_default() += 1;
+                if let Some(step) = step {
+                    *step.errors.entry(kind.name()).or_default() += 1;
+                }
+            }
         }
         self.last_sent = Some(sent);
         self.last_done = Some(done);
@@ -360,8 +443,9 @@ pub async fn run<T: Target>(target: Arc<T>, load: &Load, progress: bool) -> Resu
         slots.push(Arc::new(Slot::new(conn)));
     }
 
+    let steps = target.steps().len();
     let tallies: Vec<Arc<Mutex<Tally>>> = (0..load.workers())
-        .map(|_| Arc::new(Mutex::new(Tally::new())))
+        .map(|_| Arc::new(Mutex::new(Tally::new(steps))))
         .collect();
 
     let start = Instant::now();
@@ -407,8 +491,8 @@ pub async fn run<T: Target>(target: Arc<T>, load: &Load, progress: bool) -> Resu
 
     let mut collector = Collector {
         tallies,
-        total: Tally::new(),
-        interval: Tally::new(),
+        total: Tally::new(steps),
+        interval: Tally::new(steps),
         timeline: Vec::new(),
         start,
         load: load.clone(),
@@ -562,11 +646,11 @@ impl<T: Target> Worker<T> {
                 lock(&self.tally).unsent += 1;
                 continue;
             }
-            let (result, reconnected) = self.attempt().await;
+            let (result, reconnected, step) = self.attempt().await;
             let done = Instant::now();
             let mut tally = lock(&self.tally);
             tally.reconnects += u64::from(reconnected);
-            tally.record(result, scheduled, sent, done);
+            tally.record(result, scheduled, sent, done, step);
         }
     }
 
@@ -576,24 +660,28 @@ impl<T: Target> Worker<T> {
             if sent >= end {
                 return;
             }
-            let (result, reconnected) = self.attempt().await;
+            let (result, reconnected, step) = self.attempt().await;
             let done = Instant::now();
             let mut tally = lock(&self.tally);
             tally.reconnects += u64::from(reconnected);
-            tally.record(result, sent, sent, done);
+            tally.record(result, sent, sent, done, step);
         }
     }
 
-    /// One request within the timeout, reopening the connection first if needed.
-    async fn attempt(&self) -> (Result<(), ErrorKind>, bool) {
+    /// One request within the timeout, reopening the connection first if needed; with
+    /// whether it reopened and, for a target with steps, the step it ran.
+    async fn attempt(&self) -> (Result<(), ErrorKind>, bool, Option<usize>) {
         let deadline = Instant::now() + self.timeout;
         let (generation, conn, reconnected) =
             match tokio::time::timeout_at(deadline, self.slot.get(&*self.target)).await {
                 Ok(Ok(got)) => got,
-                Ok(Err(kind)) => return (Err(kind), false),
-                Err(_) => return (Err(ErrorKind::Connect), false),
+                Ok(Err(kind)) => return (Err(kind), false, None),
+                Err(_) => return (Err(ErrorKind::Connect), false, None),
             };
-        let result = match tokio::time::timeout_at(deadline, self.target.call(&conn)).await {
+        let mut step = None;
+        let called =
+            tokio::time::timeout_at(deadline, self.target.call_step(&conn, &mut step)).await;
+        let result = match called {
             Ok(Ok(())) => Ok(()),
             Ok(Err(failure)) => {
                 if failure.broken {
@@ -609,7 +697,7 @@ impl<T: Target> Worker<T> {
                 Err(ErrorKind::Timeout)
             }
         };
-        (result, reconnected)
+        (result, reconnected, step)
     }
 }
 
@@ -758,15 +846,21 @@ mod tests {
     fn tallies_merge_and_drain() {
         let ms = Duration::from_millis;
         let now = Instant::now();
-        let mut a = Tally::new();
-        a.record(Ok(()), now, now + ms(1), now + ms(3));
-        a.record(Err(ErrorKind::Timeout), now, now, now);
+        let mut a = Tally::new(0);
+        a.record(Ok(()), now, now + ms(1), now + ms(3), None);
+        a.record(Err(ErrorKind::Timeout), now, now, now, None);
         a.unsent = 2;
-        let mut b = Tally::new();
-        b.record(Err(ErrorKind::Timeout), now, now, now);
-        b.record(Err(ErrorKind::Status(5)), now, now + ms(4), now + ms(5));
+        let mut b = Tally::new(0);
+        b.record(Err(ErrorKind::Timeout), now, now, now, None);
+        b.record(
+            Err(ErrorKind::Status(5)),
+            now,
+            now + ms(4),
+            now + ms(5),
+            None,
+        );
 
-        let mut total = Tally::new();
+        let mut total = Tally::new(0);
         a.drain_into(&mut total);
         b.drain_into(&mut total);
         assert_eq!(total.ok, 1);
@@ -789,9 +883,9 @@ mod tests {
     fn latencies_are_recorded_in_whole_microseconds_at_least_one() {
         assert_eq!(micros(Duration::from_nanos(10)), 1);
         assert_eq!(micros(Duration::from_micros(2500)), 2500);
-        let mut tally = Tally::new();
+        let mut tally = Tally::new(0);
         let now = Instant::now();
-        tally.record(Ok(()), now, now, now + Duration::from_secs(10 * 3600));
+        tally.record(Ok(()), now, now, now + Duration::from_secs(10 * 3600), None);
         assert!(
             tally
                 .latency

@@ -37,6 +37,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    #[error("{file}{}: {reason}", line.map_or_else(String::new, |line| format!(":{line}")))]
+    Scenario {
+        file: String,
+        line: Option<usize>,
+        reason: String,
+    },
+
+    #[error("setup: {0}")]
+    Setup(String),
+
     #[error("{path} is not a shopmesh-bench result: {source}")]
     Result {
         path: PathBuf,

@@ -50,20 +50,67 @@ pub fn markdown(runs: &[RunResult]) -> String {
             latency(|p| p.max),
         );
     }
+    if runs.iter().any(|run| !run.steps.is_empty()) {
+        out.push_str(
+            "\n| run | step | weight | calls | errors | p50 (ms) | p90 (ms) | p99 (ms) | p99.9 (ms) | max (ms) |\n",
+        );
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        for run in runs {
+            for step in &run.steps {
+                let latency = |pick: fn(&Percentiles) -> f64| {
+                    step.latency_ms
+                        .as_ref()
+                        .map_or_else(|| "–".to_owned(), |p| format!("{:.2}", pick(p)))
+                };
+                let failed = step.requests - step.ok;
+                let mut errors = failed.to_string();
+                if failed > 0 {
+                    let kinds: Vec<String> = step
+                        .errors
+                        .iter()
+                        .map(|(kind, count)| format!("{kind} {count}"))
+                        .collect();
+                    let _ = write!(errors, " ({})", kinds.join(", "));
+                }
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {errors} | {} | {} | {} | {} | {} |",
+                    run.label.replace('|', "\\|"),
+                    step.name.replace('|', "\\|"),
+                    step.weight,
+                    step.requests,
+                    latency(|p| p.p50),
+                    latency(|p| p.p90),
+                    latency(|p| p.p99),
+                    latency(|p| p.p999),
+                    latency(|p| p.max),
+                );
+            }
+        }
+    }
     out.push('\n');
     for run in runs {
         let machine = &run.machine;
+        let what = match &run.settings.scenario {
+            Some(scenario) => format!(
+                "scenario {} ({} users, setup {:.1} s)",
+                scenario.name, scenario.users, scenario.setup_s
+            ),
+            None => run
+                .settings
+                .http_method
+                .as_deref()
+                .or(run.settings.grpc_method.as_deref())
+                .unwrap_or("")
+                .to_owned(),
+        };
         let _ = writeln!(
             out,
             "- **{}**: {} {} {}, {} connection(s) × {} stream(s), {} s, timeout {} ms, \
              started {}; {}, {} of {} cores available, affinity {}, kernel {}",
             run.label,
             run.settings.protocol,
-            run.settings
-                .http_method
-                .as_deref()
-                .or(run.settings.grpc_method.as_deref())
-                .unwrap_or(""),
+            what,
             run.settings.url,
             run.settings.connections,
             run.settings.streams,
@@ -170,6 +217,7 @@ mod tests {
                 os: "linux".to_owned(),
                 arch: "x86_64".to_owned(),
             },
+            steps: vec![],
         }
     }
 

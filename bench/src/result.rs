@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Load, Mode, Outcome};
+use crate::engine::{Load, Mode, Outcome, StepTally};
 use crate::error::Error;
 use crate::machine::Machine;
 
@@ -62,6 +62,22 @@ pub struct Settings {
     pub connections: usize,
     pub streams: usize,
     pub timeout_ms: u64,
+    /// A scenario run: which scenario, with how many users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<ScenarioSettings>,
+}
+
+/// What a scenario run was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioSettings {
+    pub name: String,
+    /// The file as given on the command line.
+    pub file: String,
+    pub users: usize,
+    /// The seed of the users' random choices.
+    pub seed: u64,
+    /// How long the setup and the users' setup took, before the clock started.
+    pub setup_s: f64,
 }
 
 impl Settings {
@@ -85,6 +101,7 @@ impl Settings {
             connections: load.connections,
             streams: load.streams,
             timeout_ms: u64::try_from(load.timeout.as_millis()).unwrap_or(u64::MAX),
+            scenario: None,
         }
     }
 }
@@ -196,6 +213,44 @@ pub struct TimelinePoint {
     pub max_ms: Option<f64>,
 }
 
+/// One step of a scenario run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub name: String,
+    pub weight: f64,
+    /// Calls of this step that ended, successful or not.
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// Of successful calls, from the scheduled time to the end of the step's last request.
+    pub latency_ms: Option<Percentiles>,
+    pub histogram: EncodedHistogram,
+}
+
+impl StepResult {
+    /// The steps of a run, from the engine's per-step totals.
+    pub fn of(names: &[String], weights: &[f64], tallies: &[StepTally]) -> Vec<Self> {
+        names
+            .iter()
+            .zip(weights)
+            .zip(tallies)
+            .map(|((name, weight), tally)| Self {
+                name: name.clone(),
+                weight: *weight,
+                requests: tally.requests(),
+                ok: tally.ok,
+                errors: tally
+                    .errors
+                    .iter()
+                    .map(|(kind, count)| ((*kind).to_owned(), *count))
+                    .collect(),
+                latency_ms: Percentiles::of(&tally.latency),
+                histogram: EncodedHistogram::encode(&tally.latency),
+            })
+            .collect()
+    }
+}
+
 /// A run's result file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
@@ -230,6 +285,9 @@ pub struct RunResult {
     pub spectrum: Vec<SpectrumPoint>,
     pub timeline: Vec<TimelinePoint>,
     pub machine: Machine,
+    /// Per step, for a scenario run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepResult>,
 }
 
 impl RunResult {
@@ -275,6 +333,7 @@ impl RunResult {
                 })
                 .collect(),
             machine,
+            steps: Vec::new(),
         }
     }
 

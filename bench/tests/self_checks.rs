@@ -26,7 +26,7 @@ use hyper_util::server::conn::auto;
 use prost::Message as _;
 use shopmesh_bench::engine::{self, Load, Mode, Outcome};
 use shopmesh_bench::grpc::{GrpcSpec, GrpcTarget};
-use shopmesh_bench::http::{HttpSpec, HttpTarget};
+use shopmesh_bench::http::{HttpSpec, HttpTarget, TlsOptions};
 use shopmesh_bench::result::RunResult;
 use shopmesh_proto::shopmesh::orders::v1::WatchOrderResponse;
 use shopmesh_proto::shopmesh::users::v1::{GetUserRequest, User};
@@ -263,6 +263,7 @@ async fn run_http(server: &TestServer, load: &Load, h2: bool) -> Outcome {
         headers: vec![],
         body: Bytes::new(),
         h2,
+        tls: TlsOptions::default(),
     })
     .await
     .unwrap();
@@ -474,6 +475,7 @@ async fn failures_are_counted_by_kind() {
         headers: vec![],
         body: Bytes::new(),
         h2: false,
+        tls: TlsOptions::default(),
     })
     .await
     .unwrap();
