@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
@@ -54,11 +55,22 @@ pub async fn serve(
                 .layer(ContextLayer::new(service))
                 .layer(access),
         )
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_routes(routes.add_service(health))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), draining)
+        .serve_with_incoming_shutdown(incoming(listener), draining)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic's `tcp_nodelay` applies only to
+/// listeners it binds itself; without it, small answers wait out the peer's delayed ACK (~40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// A lazily connected channel to `service` at `uri` (`http://host:port`); the first call
