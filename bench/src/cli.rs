@@ -243,6 +243,11 @@ pub struct GrpcArgs {
     #[arg(long = "header", short = 'H', value_name = "HEADER")]
     pub headers: Vec<String>,
 
+    /// The calls' `:authority` instead of the url's host and port, e.g. the service's name
+    /// when the url is a mesh sidecar.
+    #[arg(long, value_name = "NAME")]
+    pub authority: Option<String>,
+
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -328,6 +333,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<()> {
         method: args.method,
         request: request.clone(),
         headers: args.headers,
+        authority: args.authority,
     })?;
     // The target has parsed the request already, so this is valid JSON.
     settings.request = serde_json::from_str(&request).ok();

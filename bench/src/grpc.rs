@@ -31,6 +31,9 @@ pub struct GrpcSpec {
     pub request: String,
     /// `Name: value` lines, sent as metadata.
     pub headers: Vec<String>,
+    /// The `:authority` of every call, when it is not the url's host: a mesh sidecar routes by
+    /// it (`--authority catalog`).
+    pub authority: Option<String>,
 }
 
 /// One method with one request, over and over.
@@ -84,9 +87,15 @@ impl GrpcTarget {
                 "the url must start with http:// (TLS is not supported yet)".to_owned(),
             ));
         }
-        let endpoint = Endpoint::from_shared(spec.url.clone())
+        let mut endpoint = Endpoint::from_shared(spec.url.clone())
             .map_err(|e| url_error(e.to_string()))?
             .tcp_nodelay(true);
+        if let Some(authority) = &spec.authority {
+            let origin = format!("http://{authority}")
+                .parse()
+                .map_err(|_| url_error(format!("{authority:?} is not a valid authority")))?;
+            endpoint = endpoint.origin(origin);
+        }
         let path = PathAndQuery::from_str(&format!(
             "/{}/{}",
             method.parent_service().full_name(),
@@ -272,6 +281,7 @@ mod tests {
             method: "shopmesh.users.v1.UserService/GetUser".to_owned(),
             request: "{}".to_owned(),
             headers: vec!["authorization: Bearer t".to_owned()],
+            authority: None,
         })
         .unwrap();
         assert_eq!(
@@ -291,6 +301,7 @@ mod tests {
                 method: "shopmesh.users.v1.UserService/GetUser".to_owned(),
                 request: "{}".to_owned(),
                 headers: vec![],
+                authority: None,
             }),
             Err(Error::Url { .. })
         ));

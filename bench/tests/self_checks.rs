@@ -498,6 +498,7 @@ async fn run_grpc(server: &TestServer, method: &str, request: &str, load: &Load)
         method: method.to_owned(),
         request: request.to_owned(),
         headers: vec!["authorization: Bearer test".to_owned()],
+        authority: None,
     })
     .unwrap();
     engine::run(Arc::new(target), load, false).await.unwrap()

@@ -166,11 +166,11 @@ impl EndpointStats {
     }
 }
 
-/// Without new samples the average drifts back toward the initial cost, so an endpoint that was
-/// slow once is tried again eventually.
+/// Without new samples the average decays toward zero, so an endpoint that has not been chosen
+/// for a while (slow once, or merely unlucky) looks cheap again and is tried: the balancer keeps
+/// measuring every endpoint instead of settling on one.
 fn decayed(ewma: f64, updated: Instant, now: Instant) -> f64 {
-    let weight = (-(now - updated).as_secs_f64() / DECAY.as_secs_f64()).exp();
-    ewma * weight + INITIAL_COST.as_secs_f64() * (1.0 - weight)
+    ewma * (-(now - updated).as_secs_f64() / DECAY.as_secs_f64()).exp()
 }
 
 /// A call in flight on an endpoint; dropping it ends the call.
@@ -343,6 +343,21 @@ mod tests {
             .filter(|_| balancer.pick(&instances, &[]).unwrap().address().port() == 1)
             .count();
         assert_eq!(to_heavy, 1000);
+    }
+
+    #[test]
+    fn an_endpoint_left_alone_is_tried_again() {
+        let balancer = Balancer::new();
+        let instances = [instance(1), instance(2)];
+        for instance in &instances {
+            balancer
+                .stats(instance.endpoint.address)
+                .succeeded(Duration::from_millis(2));
+        }
+        // Port 2 was last measured five seconds ago: its estimate has decayed below port 1's.
+        let idle = balancer.stats(instances[1].endpoint.address);
+        idle.health().updated -= Duration::from_secs(5);
+        assert_eq!(balancer.pick(&instances, &[]).unwrap().address().port(), 2);
     }
 
     #[test]
