@@ -35,7 +35,22 @@ pub struct EdgeConfig {
     pub cors: CorsConfig,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate; plain HTTP without.
     pub tls: Option<TlsConfig>,
+    /// Paths proxied as they are to a plain HTTP/1.1 server (a storefront's web app, static
+    /// assets), by longest matching prefix. They get the edge's limits, headers, request ids and
+    /// logs, but no token checks: that server answers for its own access.
+    pub forward: Vec<ForwardRoute>,
 }
+
+/// `prefix` → `upstream`, e.g. `{ prefix = "/assets/", upstream = "10.0.0.7:8000" }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRoute {
+    pub prefix: String,
+    pub upstream: SocketAddr,
+}
+
+/// Paths the edge answers itself; no forward route may cover them.
+const OWN_PATHS: [&str; 4] = ["/v1/", "/openapi.json", "/healthz", "/readyz"];
 
 /// A PEM certificate chain and its private key.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -101,6 +116,7 @@ impl Default for EdgeConfig {
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
             tls: None,
+            forward: Vec::new(),
         }
     }
 }
@@ -129,6 +145,24 @@ impl Validate for EdgeConfig {
             ));
         }
         self.limits.validate()?;
+        for route in &self.forward {
+            let prefix = route.prefix.as_str();
+            if !prefix.starts_with('/') || prefix.contains(['?', '#']) {
+                return Err(ConfigError::invalid(
+                    "forward",
+                    format!("`{prefix}` is not a path prefix like /assets/"),
+                ));
+            }
+            if let Some(own) = OWN_PATHS
+                .iter()
+                .find(|own| own.starts_with(prefix) || prefix.starts_with(**own))
+            {
+                return Err(ConfigError::invalid(
+                    "forward",
+                    format!("`{prefix}` overlaps `{own}`, which the edge answers itself"),
+                ));
+            }
+        }
         if let Some(bad) = self
             .cors
             .allowed_origins
@@ -149,6 +183,22 @@ mod tests {
     use figment::providers::{Format, Toml};
 
     use super::*;
+
+    #[test]
+    fn forward_routes_may_not_cover_the_edges_own_paths() {
+        let with = |prefix: &str| EdgeConfig {
+            forward: vec![ForwardRoute {
+                prefix: prefix.into(),
+                upstream: "127.0.0.1:9000".parse().unwrap(),
+            }],
+            ..EdgeConfig::default()
+        };
+        with("/assets/").validate().unwrap();
+        with("/shop").validate().unwrap();
+        for bad in ["/", "/v", "/v1/products/", "/openapi", "assets/", "/a?b"] {
+            assert!(with(bad).validate().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn streams_stay_open_an_hour_unless_configured() {

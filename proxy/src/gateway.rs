@@ -24,7 +24,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::config::{CorsConfig, TlsConfig};
+use crate::config::{CorsConfig, ForwardRoute, TlsConfig};
 use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
 use crate::sse;
@@ -43,6 +43,8 @@ pub struct Gateway {
     pub upstreams: Upstreams,
     /// gRPC passthrough targets: service name → address.
     pub grpc_targets: HashMap<String, SocketAddr>,
+    /// Plain HTTP routes, longest prefix first.
+    pub forward: Vec<ForwardRoute>,
     pub authority: Authority,
     pub limiter: Limiter,
     pub cors: CorsConfig,
@@ -67,12 +69,26 @@ pub struct Gateway {
 pub struct RequestState {
     started: Option<Instant>,
     route: Option<String>,
-    /// Where a gRPC request goes: the owning service and the address serving it (the service,
-    /// or the node's mesh sidecar).
-    target: Option<(String, SocketAddr)>,
+    /// Where a proxied request goes; `None` for answers the edge writes itself.
+    target: Option<Upstream>,
+    /// Body bytes of a forwarded request so far.
+    forwarded_bytes: usize,
     request_id: String,
     /// How a stream ended and how many messages it sent.
     stream: Option<(sse::End, u64)>,
+}
+
+/// The upstream of a request the edge proxies rather than answers.
+#[derive(Debug, Clone)]
+enum Upstream {
+    /// A gRPC call, to its owning service or to the node's mesh sidecar: h2, and the service's
+    /// name as `:authority`, which a sidecar routes by.
+    Grpc {
+        service: String,
+        address: SocketAddr,
+    },
+    /// A forwarded plain HTTP request (`forward` routes): HTTP/1.1, as it came.
+    Http(SocketAddr),
 }
 
 /// What a REST request gets.
@@ -416,6 +432,15 @@ impl Gateway {
         })
     }
 
+    /// Admits a request of a `forward` route: the per-address limit and the body size.
+    fn forward(&self, session: &Session, route: &ForwardRoute) -> Result<Upstream, Reply> {
+        self.limit(0, client_ip(session).map(Key::Ip))?;
+        if declared_length(session).is_some_and(|length| length > self.max_body_bytes) {
+            return Err(too_large(self.max_body_bytes));
+        }
+        Ok(Upstream::Http(route.upstream))
+    }
+
     /// Checks a gRPC request's method and access, and picks its service; `Err` is the refusal.
     async fn grpc(&self, session: &Session, state: &mut RequestState) -> Result<(), Status> {
         let path = session.req_header().uri.path().to_owned();
@@ -432,7 +457,10 @@ impl Gateway {
         let target = self
             .grpc_targets
             .get(service)
-            .map(|address| (service.to_owned(), *address))
+            .map(|address| Upstream::Grpc {
+                service: service.to_owned(),
+                address: *address,
+            })
             .ok_or_else(|| Status::unimplemented(format!("unknown service {service}")))?;
         if let Some(ip) = client_ip(session) {
             self.limiter
@@ -484,6 +512,20 @@ impl ProxyHttp for Gateway {
             write_reply(session, reply, &state.request_id).await?;
             return Ok(true);
         }
+        let path = session.req_header().uri.path();
+        if let Some(route) = self.forward.iter().find(|r| path.starts_with(&r.prefix)) {
+            return match self.forward(session, route) {
+                Ok(upstream) => {
+                    state.route = Some(route.prefix.clone());
+                    state.target = Some(upstream);
+                    Ok(false)
+                }
+                Err(reply) => {
+                    write_reply(session, reply, &state.request_id).await?;
+                    Ok(true)
+                }
+            };
+        }
         // gRPC proper only: gRPC-Web (`application/grpc-web`) is not spoken by the services.
         let is_grpc = session
             .get_header(header::CONTENT_TYPE)
@@ -528,34 +570,80 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         state: &mut RequestState,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let target = state.target.clone().ok_or_else(|| {
-            pingora::Error::explain(pingora::ErrorType::InternalError, "no upstream chosen")
-        })?;
-        let mut peer = HttpPeer::new(target.1, false, String::new());
-        peer.options.alpn = ALPN::H2;
-        peer.options.max_h2_streams = 128;
+        let peer = match &state.target {
+            Some(Upstream::Grpc { address, .. }) => {
+                let mut peer = HttpPeer::new(*address, false, String::new());
+                peer.options.alpn = ALPN::H2;
+                peer.options.max_h2_streams = 128;
+                peer
+            }
+            Some(Upstream::Http(address)) => {
+                let mut peer = HttpPeer::new(*address, false, String::new());
+                peer.options.alpn = ALPN::H1;
+                peer.options.read_timeout = Some(self.timeout);
+                peer
+            }
+            None => {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::InternalError,
+                    "no upstream chosen",
+                ));
+            }
+        };
+        let mut peer = Box::new(peer);
         peer.options.connection_timeout = Some(Duration::from_secs(2));
-        Ok(Box::new(peer))
+        Ok(peer)
     }
 
-    /// A gRPC call names its service as `:authority`, which a mesh sidecar routes by.
+    /// A gRPC call names its service as `:authority`, which a mesh sidecar routes by; a
+    /// forwarded request tells its server who asked and under which request id.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         state: &mut RequestState,
     ) -> pingora::Result<()> {
-        if let Some((service, _)) = &state.target {
-            let path = upstream_request
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .parse()
-                .map_err(|e| {
-                    pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "path", e)
-                })?;
-            upstream_request.set_uri(path);
-            upstream_request.insert_header(header::HOST, service.as_str())?;
+        match &state.target {
+            Some(Upstream::Grpc { service, .. }) => {
+                let path = upstream_request
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .parse()
+                    .map_err(|e| {
+                        pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "path", e)
+                    })?;
+                upstream_request.set_uri(path);
+                upstream_request.insert_header(header::HOST, service.as_str())?;
+            }
+            Some(Upstream::Http(_)) => {
+                upstream_request.insert_header("x-request-id", state.request_id.as_str())?;
+                if let Some(ip) = client_ip(session) {
+                    upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A forwarded body is counted as it streams: one without a length, or lying about it,
+    /// still stops at the limit.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        state: &mut RequestState,
+    ) -> pingora::Result<()> {
+        if let (Some(Upstream::Http(_)), Some(chunk)) = (&state.target, body.as_ref()) {
+            state.forwarded_bytes += chunk.len();
+            if state.forwarded_bytes > self.max_body_bytes {
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::HTTPStatus(413),
+                    "forwarded body over the limit",
+                ));
+            }
         }
         Ok(())
     }
@@ -565,9 +653,10 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         response: &mut ResponseHeader,
-        _state: &mut RequestState,
+        state: &mut RequestState,
     ) -> pingora::Result<()> {
         response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+        response.insert_header("x-request-id", state.request_id.as_str())?;
         if self.tls {
             response.insert_header(header::STRICT_TRANSPORT_SECURITY, HSTS)?;
         }
@@ -646,27 +735,34 @@ fn declared_headers(session: &Session, route: &Route) -> Result<Vec<Forwarded>, 
     Ok(found)
 }
 
-/// Reads the body, refusing it with `413` beyond `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply> {
-    let declared = session
+/// The request's `Content-Length`, if it has a valid one.
+fn declared_length(session: &Session) -> Option<usize> {
+    session
         .get_header(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || {
-        Reply::status(&Status::invalid_argument(format!(
-            "the body is larger than {limit} bytes"
-        )))
-        .with_status(413)
-    };
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// The `413` of a body over `limit` bytes.
+fn too_large(limit: usize) -> Reply {
+    Reply::status(&Status::invalid_argument(format!(
+        "the body is larger than {limit} bytes"
+    )))
+    .with_status(413)
+}
+
+/// Reads the body, refusing it with `413` beyond `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Vec<u8>, Reply> {
+    let declared = declared_length(session);
     if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
-                    return Err(too_large());
+                    return Err(too_large(limit));
                 }
                 body.extend_from_slice(&chunk);
             }

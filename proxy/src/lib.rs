@@ -74,6 +74,11 @@ impl Service for Edge {
             router,
             upstreams: Upstreams::new(channels),
             grpc_targets,
+            forward: {
+                let mut routes = config.forward.clone();
+                routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+                routes
+            },
             authority: context.authority.clone(),
             limiter: Limiter::new(config.limits.clone()),
             cors: config.cors.clone(),

@@ -209,6 +209,7 @@ async fn start(stream_timeout: Duration) -> Harness {
         router: Router::from_descriptors(descriptors()).unwrap(),
         upstreams: Upstreams::new(HashMap::from([("orders".to_owned(), channel)])),
         grpc_targets: HashMap::new(),
+        forward: Vec::new(),
         authority: Authority::new(verifier, Arc::new(NoPermissions)),
         limiter: Limiter::new(LimitsConfig::default()),
         cors: CorsConfig {

@@ -433,3 +433,78 @@ async fn oversized_heads_and_stalled_bodies_are_refused() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     platform.stop().await;
 }
+
+/// A plain HTTP/1.1 server that answers every request with what it received: the request line,
+/// then the headers the edge adds.
+async fn echo_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let mut lines = head.split("\r\n");
+                let mut echo = vec![lines.next().unwrap_or_default().to_owned()];
+                echo.extend(
+                    lines
+                        .filter(|line| {
+                            let line = line.to_ascii_lowercase();
+                            line.starts_with("x-forwarded-for") || line.starts_with("x-request-id")
+                        })
+                        .map(str::to_owned),
+                );
+                let body = echo.join("\n");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn forward_routes_proxy_plain_http_with_the_edges_limits_and_headers() {
+    let origin = echo_origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let route = format!("services.edge.forward=[{{prefix=\"/assets/\", upstream=\"{origin}\"}}]");
+    let platform = support::Platform::start(dir.path(), &[route]).await;
+
+    let answer = http(&platform.edge, "GET", "/assets/app.js?v=2", &[], b"").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let echoed = String::from_utf8_lossy(&answer.body).to_string();
+    assert!(
+        echoed.starts_with("GET /assets/app.js?v=2 HTTP/1.1"),
+        "{echoed}"
+    );
+    assert!(echoed.contains("x-forwarded-for: 127.0.0.1"), "{echoed}");
+    let request_id = answer.header("x-request-id").expect("a request id");
+    assert!(
+        echoed.contains(&format!("x-request-id: {request_id}")),
+        "{echoed}"
+    );
+    assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+
+    // The API stays the edge's own; other paths are still unknown.
+    let api = http(&platform.edge, "GET", "/v1/categories", &[], b"").await;
+    assert_eq!(api.status, 200, "{api:?}");
+    let unknown = http(&platform.edge, "GET", "/asset", &[], b"").await;
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+
+    // The body limit (1 MiB by default) holds for forwarded requests too.
+    let large = vec![b'x'; 2 * 1024 * 1024];
+    let refused = http(&platform.edge, "POST", "/assets/upload", &[], &large).await;
+    assert_eq!(refused.status, 413, "{refused:?}");
+}

@@ -65,10 +65,11 @@ async fn stock(platform: &Platform, product: &str) -> i64 {
     answer.json()["stock"].as_i64().unwrap_or(0)
 }
 
-/// Whether the product's stock reaches `expected` within 10 s (the saga settles it after the
-/// order's own change).
+/// Whether the product's stock reaches `expected` within 45 s. The saga settles stock after the
+/// order's own change, and after a crash a stock event that was in flight comes back only when
+/// the event bus's 30 s ack timeout has run out, after its order has already ended.
 async fn stock_becomes(platform: &Platform, product: &str, expected: i64) -> bool {
-    for _ in 0..100 {
+    for _ in 0..450 {
         if stock(platform, product).await == expected {
             return true;
         }
