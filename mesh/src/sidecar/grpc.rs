@@ -47,23 +47,9 @@ fn percent_encode(message: &str) -> String {
     encoded
 }
 
-/// The caller's deadline from `grpc-timeout` (`<digits><unit>`, at most 8 digits).
+/// The caller's deadline from `grpc-timeout`, parsed as the services parse it.
 pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
+    shopmesh_kit::context::parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 
 /// `grpc-timeout` for what is left of a deadline, in milliseconds (rounded up).

@@ -132,7 +132,7 @@ fn parse_traceparent(value: &str) -> Option<(String, u8)> {
 }
 
 /// gRPC's `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
