@@ -31,6 +31,10 @@ pub struct EdgeConfig {
     pub client_timeout: Duration,
     /// Largest request head (path and headers) accepted; larger ones get `431`.
     pub max_header_bytes: usize,
+    /// How long an HTTP/1 request head may take to arrive, from its first byte to its blank
+    /// line; a slower client's connection is closed (slow-header protection).
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
     pub limits: LimitsConfig,
     pub cors: CorsConfig,
     /// Serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) with this certificate; plain HTTP without.
@@ -113,6 +117,7 @@ impl Default for EdgeConfig {
             stream_timeout: Duration::from_secs(60 * 60),
             client_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
+            head_timeout: Duration::from_secs(10),
             limits: LimitsConfig::default(),
             cors: CorsConfig::default(),
             tls: None,
@@ -134,6 +139,9 @@ impl Validate for EdgeConfig {
         }
         if self.stream_timeout.is_zero() {
             return Err(ConfigError::invalid("stream_timeout", "must be positive"));
+        }
+        if self.head_timeout.is_zero() {
+            return Err(ConfigError::invalid("head_timeout", "must be positive"));
         }
         if self.client_timeout.is_zero() {
             return Err(ConfigError::invalid("client_timeout", "must be positive"));

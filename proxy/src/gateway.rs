@@ -25,6 +25,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::config::{CorsConfig, ForwardRoute, TlsConfig};
+use crate::head_guard::HeadGuard;
 use crate::limits::{Key, Limiter};
 use crate::routes::{Miss, Route, Router};
 use crate::sse;
@@ -871,9 +872,21 @@ pub fn service(
     gateway: Gateway,
     listen: SocketAddr,
     tls: Option<&TlsConfig>,
-) -> pingora::Result<pingora::services::listening::Service<pingora::proxy::HttpProxy<Gateway>>> {
+    head_timeout: Duration,
+) -> pingora::Result<
+    pingora::services::listening::Service<HeadGuard<pingora::proxy::HttpProxy<Gateway>>>,
+> {
     let conf = Arc::new(pingora::server::configuration::ServerConf::default());
-    let mut service = pingora::proxy::http_proxy_service(&conf, gateway);
+    let mut proxy = pingora::proxy::http_proxy(&conf, gateway);
+    if tls.is_none() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
+    let mut service = pingora::services::listening::Service::new(
+        "shopmesh edge".to_owned(),
+        HeadGuard::new(proxy, head_timeout),
+    );
     match tls {
         Some(tls) => {
             let mut settings = pingora::listeners::tls::TlsSettings::intermediate(
@@ -883,14 +896,7 @@ pub fn service(
             settings.enable_h2();
             service.add_tls_with_settings(&listen.to_string(), None, settings);
         }
-        None => {
-            service.add_tcp(&listen.to_string());
-            let mut options = pingora::apps::HttpServerOptions::default();
-            options.h2c = true;
-            if let Some(app) = service.app_logic_mut() {
-                app.server_options = Some(options);
-            }
-        }
+        None => service.add_tcp(&listen.to_string()),
     }
     Ok(service)
 }

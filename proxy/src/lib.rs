@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod gateway;
+pub mod head_guard;
 pub mod limits;
 pub mod openapi;
 pub mod routes;
@@ -95,7 +96,8 @@ impl Service for Edge {
         if let Some(tls) = &config.tls {
             tls.check()?;
         }
-        let mut service = gateway::service(gateway, listen, config.tls.as_ref())?;
+        let mut service =
+            gateway::service(gateway, listen, config.tls.as_ref(), config.head_timeout)?;
         let shutdown = context.shutdown.clone();
         context.spawn(async move {
             let (stop, stopped) = tokio::sync::watch::channel(false);

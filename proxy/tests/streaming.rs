@@ -230,7 +230,7 @@ async fn start(stream_timeout: Duration) -> Harness {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut service = gateway::service(gateway, edge, None).unwrap();
+    let mut service = gateway::service(gateway, edge, None, Duration::from_secs(10)).unwrap();
     // The edge runs until the test ends; its shutdown token is the one streams watch.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -508,3 +508,57 @@ async fn forward_routes_proxy_plain_http_with_the_edges_limits_and_headers() {
     let refused = http(&platform.edge, "POST", "/assets/upload", &[], &large).await;
     assert_eq!(refused.status, 413, "{refused:?}");
 }
+
+#[tokio::test]
+async fn a_request_head_sent_too_slowly_loses_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ["services.edge.head_timeout=\"1s\"".to_owned()];
+    let platform = support::Platform::start(dir.path(), &settings).await;
+    let address = platform.edge.trim_start_matches("http://").to_owned();
+
+    // One header line every 300 ms: each read is quick, the whole head is not.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /v1/categories HTTP/1.1\r\nHost: edge\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for n in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if slow
+            .write_all(format!("X-Slow-{n}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(read) =
+            tokio::time::timeout(std::time::Duration::from_millis(1), slow.read(&mut byte)).await
+        {
+            closed = matches!(read, Ok(0) | Err(_));
+            if closed {
+                break;
+            }
+        }
+    }
+    assert!(closed, "the slow head kept its connection");
+    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+
+    // A keep-alive connection may idle longer than the limit between two requests.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = b"GET /v1/categories HTTP/1.1\r\nHost: edge\r\n\r\n";
+    for _ in 0..2 {
+        idle.write_all(request).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let read = idle.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..read].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&answer[..read])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    }
+}
