@@ -114,6 +114,39 @@ fn file_name(label: &str) -> String {
         .collect()
 }
 
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+type LinearChart<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart over time with its caption, axes and mesh drawn: both timeline panels.
+fn linear_chart<'a>(
+    area: &Area<'a>,
+    caption: &str,
+    y_desc: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> anyhow::Result<LinearChart<'a>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 26))
+        .margin(20)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x, y)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc(y_desc)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 18))
+        .draw()
+        .map_err(drawing)?;
+    Ok(chart)
+}
+
 fn drawing<E: std::fmt::Display>(error: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {error}")
 }
@@ -198,36 +231,20 @@ fn timeline_chart(path: &Path, runs: &[RunResult]) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(drawing)?;
     let (top, bottom) = root.split_vertically((SIZE.1 + 300) / 2);
 
-    let mut throughput = ChartBuilder::on(&top)
-        .caption("Requests per second", (FONT, 26))
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..t_max, 0.0..rate_max)
-        .map_err(drawing)?;
-    throughput
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("requests ended")
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .draw()
-        .map_err(drawing)?;
-    let mut latency = ChartBuilder::on(&bottom)
-        .caption("p99 latency per second", (FONT, 26))
-        .margin(20)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..t_max, 0.0..p99_max)
-        .map_err(drawing)?;
-    latency
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("p99 (ms)")
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 18))
-        .draw()
-        .map_err(drawing)?;
+    let mut throughput = linear_chart(
+        &top,
+        "Requests per second",
+        "requests ended",
+        0.0..t_max,
+        0.0..rate_max,
+    )?;
+    let mut latency = linear_chart(
+        &bottom,
+        "p99 latency per second",
+        "p99 (ms)",
+        0.0..t_max,
+        0.0..p99_max,
+    )?;
 
     for (index, run) in runs.iter().enumerate() {
         let colour = COLOURS[index % COLOURS.len()];

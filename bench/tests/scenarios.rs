@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,11 +17,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+mod common;
+
+use common::ServerThread;
 use shopmesh_bench::engine::{self, Load, Mode};
 use shopmesh_bench::http::{Origin, TlsOptions};
 use shopmesh_bench::result::RunResult;
 use shopmesh_bench::scenario::{Scenario, ScenarioTarget};
-use tokio::sync::oneshot;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -162,67 +163,32 @@ async fn answer(
 
 /// The shop on its own thread and runtime.
 struct Server {
-    addr: SocketAddr,
     shop: Arc<Shop>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl Server {
     fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let shop = Arc::new(Shop::default());
         shop.accounts
             .lock()
             .unwrap()
             .insert("admin@example.com".into(), "admin pw".into());
-        let (stop, mut stopped) = oneshot::channel::<()>();
         let served = shop.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        accepted = listener.accept() => {
-                            let (stream, _) = accepted.unwrap();
-                            let shop = served.clone();
-                            tokio::spawn(async move {
-                                let service = service_fn(move |r| answer(r, shop.clone()));
-                                let _ = auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
+        let server = ServerThread::start(move |stream| {
+            let shop = served.clone();
+            async move {
+                let service = service_fn(move |r| answer(r, shop.clone()));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
         });
-        Self {
-            addr,
-            shop,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        Self { shop, server }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|stop| stop.send(()));
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
+        format!("http://{}", self.server.addr)
     }
 }
 

@@ -10,7 +10,6 @@
 //! each other.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,13 +23,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prost::Message as _;
+mod common;
+
+use common::ServerThread;
 use shopmesh_bench::engine::{self, Load, Mode, Outcome};
 use shopmesh_bench::grpc::{GrpcSpec, GrpcTarget};
 use shopmesh_bench::http::{HttpSpec, HttpTarget, TlsOptions};
 use shopmesh_bench::result::RunResult;
 use shopmesh_proto::shopmesh::orders::v1::WatchOrderResponse;
 use shopmesh_proto::shopmesh::users::v1::{GetUserRequest, User};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -64,17 +65,12 @@ struct State {
 /// An HTTP/1.1 + h2 server on its own thread and runtime, so that it does not share the
 /// generator's scheduler.
 struct TestServer {
-    addr: SocketAddr,
     state: Arc<State>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl TestServer {
     fn start(behaviour: Behaviour) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             behaviour,
             requests: AtomicU64::new(0),
@@ -82,44 +78,23 @@ impl TestServer {
             stall_until: Mutex::new(None),
             last_body: Mutex::new(None),
         });
-        let (shutdown, mut stop) = oneshot::channel::<()>();
         let served = state.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    tokio::select! {
-                        _ = &mut stop => return,
-                        accepted = listener.accept() => {
-                            let (stream, _) = accepted.unwrap();
-                            stream.set_nodelay(true).unwrap();
-                            served.connections.fetch_add(1, Ordering::SeqCst);
-                            let state = served.clone();
-                            tokio::spawn(async move {
-                                let service = service_fn(move |request| answer(request, state.clone()));
-                                let _ = auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                    }
-                }
-            });
+        let server = ServerThread::start(move |stream| {
+            stream.set_nodelay(true).unwrap();
+            served.connections.fetch_add(1, Ordering::SeqCst);
+            let state = served.clone();
+            async move {
+                let service = service_fn(move |request| answer(request, state.clone()));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
         });
-        Self {
-            addr,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        Self { state, server }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+        format!("http://{}/", self.server.addr)
     }
 
     fn requests(&self) -> u64 {
@@ -132,17 +107,6 @@ impl TestServer {
 
     fn last_body(&self) -> Option<Bytes> {
         self.state.last_body.lock().unwrap().clone()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
     }
 }
 
@@ -467,7 +431,7 @@ async fn failures_are_counted_by_kind() {
     );
 
     // Nothing listens: the run does not start.
-    let addr = server.addr;
+    let addr = server.server.addr;
     drop(server);
     let target = HttpTarget::new(HttpSpec {
         url: format!("http://{addr}/"),
@@ -494,7 +458,7 @@ async fn failures_are_counted_by_kind() {
 
 async fn run_grpc(server: &TestServer, method: &str, request: &str, load: &Load) -> Outcome {
     let target = GrpcTarget::new(GrpcSpec {
-        url: format!("http://{}", server.addr),
+        url: format!("http://{}", server.server.addr),
         method: method.to_owned(),
         request: request.to_owned(),
         headers: vec!["authorization: Bearer test".to_owned()],

@@ -4,7 +4,6 @@
 //! ALPN.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,18 +18,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+mod common;
+
+use common::ServerThread;
 use shopmesh_bench::engine::{self, Load, Mode};
 use shopmesh_bench::http::{HttpSpec, HttpTarget, TlsOptions};
-use tokio::sync::oneshot;
 
 /// Answers `200` with the HTTP version it was asked in; counts requests per version.
 struct TlsServer {
-    addr: SocketAddr,
     ca: tempfile::NamedTempFile,
     h1: Arc<AtomicU64>,
     h2: Arc<AtomicU64>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: ServerThread,
 }
 
 impl TlsServer {
@@ -52,65 +51,38 @@ impl TlsServer {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
         let (h1, h2) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (counts1, counts2) = (h1.clone(), h2.clone());
-        let (stop, mut stopped) = oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        accepted = listener.accept() => {
-                            let (stream, _) = accepted.unwrap();
-                            let (acceptor, h1, h2) = (acceptor.clone(), counts1.clone(), counts2.clone());
-                            tokio::spawn(async move {
-                                // A client that refuses the certificate ends the handshake.
-                                let Ok(stream) = acceptor.accept(stream).await else { return };
-                                let service = service_fn(move |request: Request<Incoming>| {
-                                    let counter = if request.version() == Version::HTTP_2 { &h2 } else { &h1 };
-                                    counter.fetch_add(1, Ordering::SeqCst);
-                                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
-                                });
-                                let _ = auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
+        let server = ServerThread::start(move |stream| {
+            let (acceptor, h1, h2) = (acceptor.clone(), counts1.clone(), counts2.clone());
+            async move {
+                // A client that refuses the certificate ends the handshake.
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let counter = if request.version() == Version::HTTP_2 {
+                        &h2
+                    } else {
+                        &h1
+                    };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
-                }
-            });
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
         });
-        Self {
-            addr,
-            ca,
-            h1,
-            h2,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|stop| stop.send(()));
-        if let Some(thread) = self.thread.take() {
-            thread.join().unwrap();
-        }
+        Self { ca, h1, h2, server }
     }
 }
 
 async fn run(server: &TlsServer, h2: bool, tls: TlsOptions) -> Result<u64, shopmesh_bench::Error> {
     let target = HttpTarget::new(HttpSpec {
-        url: format!("https://localhost:{}/", server.addr.port()),
+        url: format!("https://localhost:{}/", server.server.addr.port()),
         method: "GET".to_owned(),
         headers: vec![],
         body: Bytes::new(),
