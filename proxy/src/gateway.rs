@@ -17,6 +17,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use prost_reflect::DynamicMessage;
 use shopmesh_kit::access::Authority;
+use shopmesh_kit::context::{REQUEST_ID, request_id};
 use shopmesh_kit::error::http_status;
 use shopmesh_kit::{RequestContext, Shutdown};
 use shopmesh_proto::validate::{invalid_argument, validate};
@@ -196,7 +197,11 @@ impl Gateway {
             .await
         {
             Ok(response) => {
-                let mut reply = Reply::json(route.success_status, response_json(route, &response));
+                let json = match response_json(route, &response) {
+                    Ok(json) => json,
+                    Err(status) => return Answer::Reply(Reply::status(&status)),
+                };
+                let mut reply = Reply::json(route.success_status, json);
                 if authorized {
                     reply
                         .headers
@@ -217,7 +222,7 @@ impl Gateway {
         state: &mut RequestState,
     ) -> Result<Call<'a>, Reply> {
         let mut context = RequestContext::from_headers(&session.req_header().headers);
-        state.request_id = context.request_id.clone();
+        context.request_id.clone_from(&state.request_id);
         let request = session.req_header();
         let (method, path) = (request.method.clone(), request.uri.path().to_owned());
         let query = request.uri.query().map(str::to_owned);
@@ -494,6 +499,7 @@ impl ProxyHttp for Gateway {
         state: &mut RequestState,
     ) -> pingora::Result<bool> {
         state.started = Some(Instant::now());
+        state.request_id = request_id(&session.req_header().headers);
         // A client that stalls while sending or reading holds a connection for at most this.
         session.set_read_timeout(Some(self.client_timeout));
         session.set_write_timeout(Some(self.client_timeout));
@@ -616,9 +622,10 @@ impl ProxyHttp for Gateway {
                     })?;
                 upstream_request.set_uri(path);
                 upstream_request.insert_header(header::HOST, service.as_str())?;
+                upstream_request.insert_header(REQUEST_ID, state.request_id.as_str())?;
             }
             Some(Upstream::Http(_)) => {
-                upstream_request.insert_header("x-request-id", state.request_id.as_str())?;
+                upstream_request.insert_header(REQUEST_ID, state.request_id.as_str())?;
                 if let Some(ip) = client_ip(session) {
                     upstream_request.insert_header("x-forwarded-for", ip.to_string())?;
                 }
@@ -657,7 +664,7 @@ impl ProxyHttp for Gateway {
         state: &mut RequestState,
     ) -> pingora::Result<()> {
         response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
-        response.insert_header("x-request-id", state.request_id.as_str())?;
+        response.insert_header(REQUEST_ID, state.request_id.as_str())?;
         if self.tls {
             response.insert_header(header::STRICT_TRANSPORT_SECURITY, HSTS)?;
         }
@@ -848,9 +855,7 @@ fn response_head(reply: &Reply, request_id: &str) -> pingora::Result<ResponseHea
     }
     response.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
     response.insert_header(header::REFERRER_POLICY, "no-referrer")?;
-    if !request_id.is_empty() {
-        response.insert_header("x-request-id", request_id)?;
-    }
+    response.insert_header(REQUEST_ID, request_id)?;
     Ok(response)
 }
 

@@ -24,7 +24,7 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 /// The start of the HTTP/2 connection preface (`PRI * HTTP/2.0`).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -80,6 +80,7 @@ fn guard(stream: Stream, limit: Duration) -> Stream {
         limit,
         phase: Phase::Idle,
         timer: None,
+        head_started: Instant::now(),
         matched: 0,
     })
 }
@@ -101,6 +102,8 @@ struct Guarded {
     limit: Duration,
     phase: Phase,
     timer: Option<Pin<Box<Sleep>>>,
+    /// When the first byte of the current head arrived.
+    head_started: Instant,
     /// How much of `\r\n\r\n` the bytes read so far end with.
     matched: usize,
 }
@@ -165,12 +168,17 @@ impl AsyncRead for Guarded {
                         return read;
                     }
                     this.phase = Phase::Head;
-                    this.timer = Some(Box::pin(tokio::time::sleep(this.limit)));
+                    this.head_started = Instant::now();
                 }
                 if head_ends(&mut this.matched, new) {
                     this.phase = Phase::Body;
                     this.timer = None;
-                } else if let Some(timer) = this.timer.as_mut() {
+                } else {
+                    // Most heads arrive in one read: the timer exists only for those that do not.
+                    let deadline = this.head_started + this.limit;
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     // Register the timer with this task, so a client that goes quiet is noticed.
                     let _ = timer.as_mut().poll(cx);
                 }

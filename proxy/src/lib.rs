@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod fuzz;
 pub mod gateway;
 pub mod head_guard;
 pub mod limits;

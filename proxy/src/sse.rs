@@ -116,8 +116,12 @@ pub async fn serve(
     let end = loop {
         match next {
             Next::Message(Ok(Some(message))) => {
+                let json = match response_json(route, &message) {
+                    Ok(json) => json,
+                    Err(status) => break fail(session, &label, End::Failed, &status).await,
+                };
                 sent += 1;
-                let event = message_event(sent, &response_json(route, &message));
+                let event = message_event(sent, &json);
                 if !write(session, event, false).await {
                     break End::ClientGone;
                 }

@@ -322,8 +322,10 @@ pub fn form_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The JSON of a response: the whole message, or its `response_body` field.
-pub fn response_json(route: &Route, message: &DynamicMessage) -> Vec<u8> {
+/// The JSON of a response: the whole message, or its `response_body` field. A message proto3
+/// JSON cannot express (a timestamp or duration out of its range, an `Any` of an unknown type)
+/// is the service's fault: `INTERNAL`, never a panic.
+pub fn response_json(route: &Route, message: &DynamicMessage) -> Result<Vec<u8>, tonic::Status> {
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false);
@@ -338,9 +340,14 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Vec<u8> {
         Some(inner) => inner.serialize_with_options(&mut serializer, &options),
         None => message.serialize_with_options(&mut serializer, &options),
     };
-    // Serialising a decoded message into memory cannot fail.
-    result.expect("a decoded message serialises");
-    out
+    result.map_err(|error| {
+        tracing::warn!(method = %route.grpc_path, %error, "an answer has no JSON form");
+        tonic::Status::internal(format!(
+            "{} answered with a message that has no JSON form",
+            route.service
+        ))
+    })?;
+    Ok(out)
 }
 
 /// The JSON body of an error, shaped as `google.rpc.Status`: `code`, `message` and `details`
@@ -552,5 +559,30 @@ mod tests {
         assert_eq!(body["code"], 3);
         assert_eq!(body["details"][0]["reason"], "INVALID_FIELDS");
         assert_eq!(body["details"][1]["field_violations"][0]["field"], "email");
+    }
+
+    #[test]
+    fn an_answer_without_a_json_form_is_internal_not_a_panic() {
+        let router = Router::from_descriptors(descriptors()).unwrap();
+        let (route, _) = router.find(&Method::GET, "/v1/products/p-1").unwrap();
+        let mut product = DynamicMessage::new(route.method.output());
+        let mut created = DynamicMessage::new(
+            product
+                .descriptor()
+                .get_field_by_name("created_at")
+                .unwrap()
+                .kind()
+                .as_message()
+                .unwrap()
+                .clone(),
+        );
+        // Year 10 000: beyond what RFC 3339, and so proto3 JSON, can write.
+        created.set_field_by_name("seconds", Value::I64(253_402_300_800));
+        product.set_field_by_name("created_at", Value::Message(created));
+        let status = response_json(route, &product).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+
+        product.clear_field_by_name("created_at");
+        assert!(response_json(route, &product).is_ok());
     }
 }

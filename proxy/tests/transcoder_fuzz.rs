@@ -1,8 +1,11 @@
-//! Property tests standing in for a fuzzer: whatever a client sends as path, query and body,
-//! routing and transcoding answer with a message or a list of violations, and never panic.
+//! Whatever a client sends as path, query and body, routing and transcoding answer with a
+//! message or a list of violations, and never panic: the coverage-guided fuzzer's corpus
+//! (`proxy/fuzz`, run by `scripts/fuzz`) replayed through the same target body, and property
+//! tests over paths, queries and bodies near the real ones.
 
 use http::Method;
 use proptest::prelude::*;
+use shopmesh_edge::fuzz::transcode_bytes;
 use shopmesh_edge::routes::Router;
 use shopmesh_edge::template::Template;
 use shopmesh_edge::transcode::request_message;
@@ -11,6 +14,26 @@ use shopmesh_proto::validate::{descriptors, validate};
 fn router() -> &'static Router {
     static ROUTER: std::sync::OnceLock<Router> = std::sync::OnceLock::new();
     ROUTER.get_or_init(|| Router::from_descriptors(descriptors()).unwrap())
+}
+
+/// Every input the fuzzer kept (its corpus) and every one that once broke the transcoder.
+#[test]
+fn the_fuzzers_inputs_replay_without_a_panic() {
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut replayed = 0;
+    for folder in ["corpus/transcoder", "regressions/transcoder"] {
+        let Ok(entries) = std::fs::read_dir(fuzz.join(folder)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let outcome = std::panic::catch_unwind(|| transcode_bytes(router(), &data));
+            assert!(outcome.is_ok(), "{} panics the transcoder", path.display());
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 10, "the corpus is missing: {replayed} inputs");
 }
 
 /// Paths near the real ones: their segments and verbs, escapes and junk.

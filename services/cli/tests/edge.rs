@@ -491,11 +491,23 @@ async fn forward_routes_proxy_plain_http_with_the_edges_limits_and_headers() {
     );
     assert!(echoed.contains("x-forwarded-for: 127.0.0.1"), "{echoed}");
     let request_id = answer.header("x-request-id").expect("a request id");
+    assert_eq!(request_id.len(), 32, "a fresh id: {request_id:?}");
     assert!(
         echoed.contains(&format!("x-request-id: {request_id}")),
         "{echoed}"
     );
     assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    // A client's own well-formed id goes through both ways.
+    let traced = http(
+        &platform.edge,
+        "GET",
+        "/assets/app.js",
+        &[("x-request-id", "client-7")],
+        b"",
+    )
+    .await;
+    assert_eq!(traced.header("x-request-id"), Some("client-7"));
+    assert!(String::from_utf8_lossy(&traced.body).contains("x-request-id: client-7"));
 
     // The API stays the edge's own; other paths are still unknown.
     let api = http(&platform.edge, "GET", "/v1/categories", &[], b"").await;

@@ -29,6 +29,12 @@ pub use service::{
     Migrations, Mode, Peers, Protocol, Serve, Service, ServiceContext, Store, section,
 };
 
+/// Every hosting process allocates through mimalloc: a proxied request makes dozens of small,
+/// short-lived allocations (Pingora's headers and buffers, tonic's frames), and a bare Pingora
+/// proxy served 17 % more requests per core on mimalloc than on glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A hosted component's line of the start-up banner: name and URL.
 fn announce(component: &str, url: &str) {
     println!("  {component:<14} {url}");

@@ -40,7 +40,7 @@ impl RequestContext {
     /// A context for work that starts here (no incoming request): fresh ids, no deadline.
     pub fn root() -> Self {
         Self {
-            request_id: uuid::Uuid::now_v7().simple().to_string(),
+            request_id: new_request_id(),
             trace_id: random_hex(16),
             span_id: random_hex(8),
             trace_flags: 1,
@@ -52,11 +52,7 @@ impl RequestContext {
     /// missing or malformed (a client never gets to inject arbitrary text into our logs).
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let mut context = Self::root();
-        if let Some(id) = headers
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|id| valid_request_id(id))
-        {
+        if let Some(id) = incoming_request_id(headers) {
             context.request_id = id.to_owned();
         }
         if let Some((trace_id, flags)) = headers
@@ -98,6 +94,23 @@ impl RequestContext {
         self.deadline
             .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
+}
+
+/// The id a request arrives with when it is well-formed, else a fresh one: what a hop that only
+/// relays the request (the edge's proxied routes) passes on and answers with.
+pub fn request_id(headers: &HeaderMap) -> String {
+    incoming_request_id(headers).map_or_else(new_request_id, str::to_owned)
+}
+
+fn incoming_request_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| valid_request_id(id))
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 fn valid_request_id(id: &str) -> bool {
