@@ -547,7 +547,9 @@ impl ProxyHttp for Gateway {
                 }
             };
         }
-        match self.rest(session, state).await {
+        // Boxed: the REST path's future (checks, the call, transcoding) is far larger than the
+        // rest of this phase, and Pingora allocates this phase's future for every request.
+        match Box::pin(self.rest(session, state)).await {
             Answer::Reply(mut reply) => {
                 self.decorate(session, &mut reply);
                 write_reply(session, reply, &state.request_id).await?;
