@@ -2,7 +2,8 @@
 //! gateway, tonic) over HTTP/1.1. The upstream is `FixtureOrders`, a small tonic server of
 //! `OrderService` whose `WatchOrder` plays a script chosen by the order id; its other methods are
 //! unimplemented. It is a fixture of the upstream, not the orders service, which has its own
-//! end-to-end test through `shopmesh up`.
+//! end-to-end test through `shopmesh up`. The same stream is also called as gRPC through the
+//! edge's passthrough.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -208,7 +209,7 @@ async fn start(stream_timeout: Duration) -> Harness {
     let gateway = Gateway {
         router: Router::from_descriptors(descriptors()).unwrap(),
         upstreams: Upstreams::new(HashMap::from([("orders".to_owned(), channel)])),
-        grpc_targets: HashMap::new(),
+        grpc_targets: HashMap::from([("orders".to_owned(), upstream)]),
         forward: Vec::new(),
         authority: Authority::new(verifier, Arc::new(NoPermissions)),
         limiter: Limiter::new(LimitsConfig::default()),
@@ -471,4 +472,28 @@ async fn streams_end_with_an_error_event_at_their_time_limit_and_at_shutdown() {
     tokio::time::timeout(Duration::from_secs(5), harness.fixture.dropped.notified())
         .await
         .expect("the upstream call is dropped");
+}
+
+#[tokio::test]
+async fn a_grpc_stream_passes_through_with_one_request_id_both_ways() {
+    use shopmesh_proto::shopmesh::orders::v1::order_service_client::OrderServiceClient;
+    let harness = start(Duration::from_secs(60)).await;
+    let mut client = OrderServiceClient::connect(format!("http://{}", harness.edge))
+        .await
+        .unwrap();
+    let mut request = Request::new(WatchOrderRequest { id: THREE.into() });
+    let bearer = format!("Bearer {}", harness.token).parse().unwrap();
+    request.metadata_mut().insert("authorization", bearer);
+    let answer = client.watch_order(request).await.unwrap();
+    let answered_id = answer.metadata().get("x-request-id").unwrap().clone();
+    let mut stream = answer.into_inner();
+    let mut statuses = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        statuses.push(message.order.unwrap().status);
+    }
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+    // The client sent no id: the edge made one, gave it to the service and to the client.
+    let seen = harness.fixture.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.get("x-request-id"), Some(&answered_id));
+    assert_eq!(answered_id.len(), 32);
 }
