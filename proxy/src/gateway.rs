@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Method, header};
+use metrics::SharedString;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::ALPN;
 use pingora::proxy::{ProxyHttp, Session};
@@ -46,7 +47,7 @@ pub struct Gateway {
     /// gRPC passthrough targets: service name → address.
     pub grpc_targets: HashMap<String, SocketAddr>,
     /// Plain HTTP routes, longest prefix first.
-    pub forward: Vec<ForwardRoute>,
+    pub forward: Vec<Forward>,
     pub authority: Authority,
     pub limiter: Limiter,
     pub cors: CorsConfig,
@@ -66,11 +67,29 @@ pub struct Gateway {
     pub shutdown: Shutdown,
 }
 
+/// A `forward` route as the gateway matches it.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Also the route's name in logs and metric labels.
+    pub prefix: Arc<str>,
+    pub upstream: SocketAddr,
+}
+
+impl From<&ForwardRoute> for Forward {
+    fn from(route: &ForwardRoute) -> Self {
+        Self {
+            prefix: route.prefix.as_str().into(),
+            upstream: route.upstream,
+        }
+    }
+}
+
 /// Per-request state, for the access log and the passthrough target.
 #[derive(Debug, Default)]
 pub struct RequestState {
     started: Option<Instant>,
-    route: Option<String>,
+    /// The route template, forward prefix or gRPC method: a metric label, so shared, not copied.
+    route: Option<SharedString>,
     /// Where a proxied request goes; `None` for answers the edge writes itself.
     target: Option<Upstream>,
     /// Body bytes of a forwarded request so far.
@@ -221,8 +240,10 @@ impl Gateway {
         session: &mut Session,
         state: &mut RequestState,
     ) -> Result<Call<'a>, Reply> {
-        let mut context = RequestContext::from_headers(&session.req_header().headers);
-        context.request_id.clone_from(&state.request_id);
+        let mut context = RequestContext::from_headers_with_id(
+            &session.req_header().headers,
+            state.request_id.clone(),
+        );
         let request = session.req_header();
         let (method, path) = (request.method.clone(), request.uri.path().to_owned());
         let query = request.uri.query().map(str::to_owned);
@@ -256,7 +277,7 @@ impl Gateway {
                 return Err(reply);
             }
         };
-        state.route = Some(route.template.to_string());
+        state.route = Some(SharedString::from_shared(route.template.text().clone()));
         if route.method.is_client_streaming() {
             return Err(Reply::status(&Status::unimplemented(
                 "a client-streaming method is not served over REST; use gRPC",
@@ -439,7 +460,7 @@ impl Gateway {
     }
 
     /// Admits a request of a `forward` route: the per-address limit and the body size.
-    fn forward(&self, session: &Session, route: &ForwardRoute) -> Result<Upstream, Reply> {
+    fn forward(&self, session: &Session, route: &Forward) -> Result<Upstream, Reply> {
         self.limit(0, client_ip(session).map(Key::Ip))?;
         if declared_length(session).is_some_and(|length| length > self.max_body_bytes) {
             return Err(too_large(self.max_body_bytes));
@@ -449,11 +470,12 @@ impl Gateway {
 
     /// Checks a gRPC request's method and access, and picks its service; `Err` is the refusal.
     async fn grpc(&self, session: &Session, state: &mut RequestState) -> Result<(), Status> {
-        let path = session.req_header().uri.path().to_owned();
+        let path = session.req_header().uri.path();
         // Only methods the protos declare: nothing else reaches a service, or a metric label.
-        if !shopmesh_kit::access::rules().contains_key(&path) {
+        let Some((path, _)) = shopmesh_kit::access::rules().get_key_value(path) else {
             return Err(Status::unimplemented(format!("unknown method {path}")));
-        }
+        };
+        let path: &'static str = path;
         let service = path
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
@@ -475,9 +497,9 @@ impl Gateway {
         }
         let authorization = session.get_header(header::AUTHORIZATION).cloned();
         self.authority
-            .admit(&path, None, authorization.as_ref())
+            .admit(path, None, authorization.as_ref())
             .await?;
-        state.route = Some(path);
+        state.route = Some(SharedString::const_str(path));
         state.target = Some(target);
         Ok(())
     }
@@ -520,10 +542,10 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let path = session.req_header().uri.path();
-        if let Some(route) = self.forward.iter().find(|r| path.starts_with(&r.prefix)) {
+        if let Some(route) = self.forward.iter().find(|r| path.starts_with(&*r.prefix)) {
             return match self.forward(session, route) {
                 Ok(upstream) => {
-                    state.route = Some(route.prefix.clone());
+                    state.route = Some(SharedString::from_shared(route.prefix.clone()));
                     state.target = Some(upstream);
                     Ok(false)
                 }
@@ -684,7 +706,10 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(0, |response| response.status.as_u16());
         let elapsed = state.started.map_or(Duration::ZERO, |at| at.elapsed());
-        let route = state.route.clone().unwrap_or_else(|| "unrouted".into());
+        let route = state
+            .route
+            .take()
+            .unwrap_or(SharedString::const_str("unrouted"));
         metrics::counter!("shopmesh_edge_requests_total", "route" => route.clone(), "status" => status.to_string())
             .increment(1);
         metrics::histogram!("shopmesh_edge_request_duration_seconds", "route" => route.clone())
@@ -693,7 +718,7 @@ impl ProxyHttp for Gateway {
         tracing::info!(
             method = %request.method,
             path = request.uri.path(),
-            route,
+            route = &*route,
             status,
             elapsed_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = state.request_id,

@@ -32,7 +32,7 @@ use shopmesh_proto::validate::descriptors;
 
 pub use config::EdgeConfig;
 
-use crate::gateway::Gateway;
+use crate::gateway::{Forward, Gateway};
 use crate::limits::Limiter;
 use crate::routes::Router;
 use crate::upstream::Upstreams;
@@ -77,7 +77,7 @@ impl Service for Edge {
             upstreams: Upstreams::new(channels),
             grpc_targets,
             forward: {
-                let mut routes = config.forward.clone();
+                let mut routes: Vec<_> = config.forward.iter().map(Forward::from).collect();
                 routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
                 routes
             },

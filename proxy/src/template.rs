@@ -11,6 +11,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,9 @@ enum Piece {
 pub struct Template {
     pieces: Vec<Piece>,
     verb: Option<String>,
-    source: String,
+    /// The template as written: the route's name in logs and metric labels, shared so that
+    /// naming a request's route allocates nothing.
+    source: Arc<str>,
 }
 
 /// Why a template does not parse.
@@ -46,6 +49,11 @@ pub struct TemplateError {
 pub type Bindings = Vec<(String, String)>;
 
 impl Template {
+    /// The template as written (`/v1/products/{id}`).
+    pub fn text(&self) -> &Arc<str> {
+        &self.source
+    }
+
     pub fn parse(source: &str) -> Result<Self, TemplateError> {
         let fail = |reason: &str| TemplateError {
             template: source.to_owned(),
@@ -122,7 +130,7 @@ impl Template {
         Ok(Self {
             pieces,
             verb: verb.map(str::to_owned),
-            source: source.to_owned(),
+            source: source.into(),
         })
     }
 

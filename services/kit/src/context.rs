@@ -39,8 +39,12 @@ pub struct RequestContext {
 impl RequestContext {
     /// A context for work that starts here (no incoming request): fresh ids, no deadline.
     pub fn root() -> Self {
+        Self::starting(new_request_id())
+    }
+
+    fn starting(request_id: String) -> Self {
         Self {
-            request_id: new_request_id(),
+            request_id,
             trace_id: random_hex(16),
             span_id: random_hex(8),
             trace_flags: 1,
@@ -51,10 +55,13 @@ impl RequestContext {
     /// The context of an incoming request: its id and trace kept when well-formed, replaced when
     /// missing or malformed (a client never gets to inject arbitrary text into our logs).
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let mut context = Self::root();
-        if let Some(id) = incoming_request_id(headers) {
-            context.request_id = id.to_owned();
-        }
+        Self::from_headers_with_id(headers, request_id(headers))
+    }
+
+    /// [`Self::from_headers`] for a hop that has already taken the request's id with
+    /// [`request_id`].
+    pub fn from_headers_with_id(headers: &HeaderMap, request_id: String) -> Self {
+        let mut context = Self::starting(request_id);
         if let Some((trace_id, flags)) = headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
