@@ -584,6 +584,8 @@ impl CatalogService for CatalogHandler {
                 .await
             {
                 Ok(()) => {
+                    // This replica answers with the change at once; the event tells the others.
+                    self.forget(record.id).await;
                     self.relay.notify_one();
                     return Ok(Response::new(self.view(&record, &[])));
                 }
