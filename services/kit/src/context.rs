@@ -106,14 +106,11 @@ impl RequestContext {
 /// The id a request arrives with when it is well-formed, else a fresh one: what a hop that only
 /// relays the request (the edge's proxied routes) passes on and answers with.
 pub fn request_id(headers: &HeaderMap) -> String {
-    incoming_request_id(headers).map_or_else(new_request_id, str::to_owned)
-}
-
-fn incoming_request_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| valid_request_id(id))
+        .map_or_else(new_request_id, str::to_owned)
 }
 
 fn new_request_id() -> String {
