@@ -3,16 +3,26 @@
 //! ([`transcode`]), checked against each method's access rule before their body is read,
 //! validated with the same rules the services apply, and sent to the owning service
 //! ([`upstream`]); server-streaming methods answer as Server-Sent Events ([`sse`]). gRPC
-//! clients pass through to the services. [`gateway`] is the Pingora side.
+//! clients pass through to the services, and `forward` routes to plain HTTP servers.
+//! [`gateway`] is the Pingora side: its phases dispatch each request to the module of its
+//! concern (REST pipeline, gRPC passthrough, forward routes, CORS, replies).
 
 #![forbid(unsafe_code)]
 
+mod client;
 pub mod config;
+mod cors;
+mod forward;
+// The fuzz target's body: for `proxy/fuzz` and the replay test only, not the edge binary.
+#[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod gateway;
 pub mod head_guard;
 pub mod limits;
 pub mod openapi;
+mod passthrough;
+mod reply;
+mod rest;
 pub mod routes;
 pub mod sse;
 pub mod template;
@@ -32,7 +42,7 @@ use shopmesh_proto::validate::descriptors;
 
 pub use config::EdgeConfig;
 
-use crate::gateway::{Forward, Gateway};
+use crate::gateway::Gateway;
 use crate::limits::Limiter;
 use crate::routes::Router;
 use crate::upstream::Upstreams;
@@ -76,11 +86,7 @@ impl Service for Edge {
             router,
             upstreams: Upstreams::new(channels),
             grpc_targets,
-            forward: {
-                let mut routes: Vec<_> = config.forward.iter().map(Forward::from).collect();
-                routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-                routes
-            },
+            forward: forward::routes(&config.forward),
             authority: context.authority.clone(),
             limiter: Limiter::new(config.limits.clone()),
             cors: config.cors.clone(),

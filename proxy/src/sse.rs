@@ -2,8 +2,8 @@
 //! message becomes one `message` event whose data is the message's JSON, numbered by an `id`
 //! line; a failure after the first message, the stream's time limit or the edge's shutdown
 //! becomes a final `error` event carrying the `google.rpc.Status` JSON; a comment keeps an idle
-//! stream open through intermediaries. The gateway opens the call and answers failures before
-//! the first message as JSON; [`serve`] writes everything from the first message on.
+//! stream open through intermediaries. The REST pipeline opens the call and answers failures
+//! before the first message as JSON; [`serve`] writes everything from the first message on.
 
 use std::time::Duration;
 
@@ -16,8 +16,10 @@ use shopmesh_kit::Shutdown;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 
+use crate::reply::Reply;
 use crate::routes::Route;
 use crate::transcode::{response_json, status_json};
+use crate::upstream;
 
 /// How long a stream may stay silent before the edge sends a keep-alive comment: well below
 /// the idle timeouts of common proxies and load balancers (often 30 to 60 s).
@@ -63,6 +65,24 @@ impl End {
             Self::Shutdown => "shutdown",
             Self::ClientGone => "client_gone",
         }
+    }
+}
+
+/// The answer that starts a stream of events, before the gateway's header policies (CORS, HSTS);
+/// [`serve`] writes its head and frames its body.
+pub(crate) fn answer() -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![
+            (header::CONTENT_TYPE, CONTENT_TYPE.into()),
+            (header::CACHE_CONTROL, "no-cache".into()),
+            // nginx, and proxies that honour it, would otherwise buffer the stream.
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                "no".into(),
+            ),
+        ],
+        body: Bytes::new(),
     }
 }
 
@@ -145,7 +165,7 @@ pub async fn serve(
             }
             Next::ClientGone => break End::ClientGone,
             Next::Message(Err(status)) => {
-                let status = crate::gateway::upstream_failure(route, status);
+                let status = upstream::failure(route, status);
                 break fail(session, &label, End::Failed, &status).await;
             }
             Next::TimeLimit => {

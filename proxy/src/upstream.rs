@@ -1,7 +1,8 @@
 //! Calling a service's method with a message known only by its descriptor: a tonic client with
 //! a codec of dynamic messages, over the platform's peer channels (which carry the request id,
 //! `traceparent` and deadline). Unary methods answer one message; server-streaming ones a
-//! [`Streaming`] of them.
+//! [`Streaming`] of them. A failed call reads to the client as `failure` says, whether it
+//! failed before an answer (REST) or during a stream (SSE).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use tonic::client::Grpc;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
 
 use crate::routes::Route;
 
@@ -128,6 +130,23 @@ impl Upstreams {
             output: route.method.output(),
         };
         Ok((client, path, codec))
+    }
+}
+
+/// A failed call as the client should see it: the service's own status, or 503/504 when the
+/// service could not be reached in time.
+pub(crate) fn failure(route: &Route, status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::Unknown if status.get_error_details().error_info().is_none() => {
+            tracing::warn!(service = route.service, error = %status.message(), "upstream unavailable");
+            Status::unavailable(format!("{} is unavailable, try again", route.service))
+        }
+        Code::Cancelled | Code::DeadlineExceeded
+            if status.get_error_details().error_info().is_none() =>
+        {
+            Status::deadline_exceeded(format!("{} did not answer in time", route.service))
+        }
+        _ => status,
     }
 }
 
