@@ -41,6 +41,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Install the recorder before anything records: a metric recorded without one is lost.
+    telemetry::metrics();
     let result = runtime.block_on(async {
         let shutdown = Shutdown::new();
         shutdown.trigger_on_signals();

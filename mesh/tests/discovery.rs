@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use shopmesh_kit::shutdown::Shutdown;
-use shopmesh_kit::testbed;
 use shopmesh_mesh::Endpoint;
 use shopmesh_mesh::discovery::{Discovery, DiscoveryConfig, EtcdConfig, Registrar};
+use shopmesh_testkit::testbed;
 
 fn etcd() -> Option<EtcdConfig> {
     let url = testbed::address("SHOPMESH_TEST_ETCD", "etcd")?;

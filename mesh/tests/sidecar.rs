@@ -15,11 +15,11 @@ use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use shopmesh_kit::shutdown::Shutdown;
-use shopmesh_kit::testbed;
 use shopmesh_mesh::discovery::{DiscoveryConfig, EtcdConfig};
 use shopmesh_mesh::identity::{self, ServiceKey, SpiffeId, TrustAnchor};
 use shopmesh_mesh::sidecar::config::LocalService;
 use shopmesh_mesh::sidecar::{CALLER_HEADER, Sidecar, SidecarConfig};
+use shopmesh_testkit::testbed;
 use tokio::net::{TcpListener, TcpStream};
 
 const ENV: &str = "test";

@@ -18,3 +18,13 @@ pub use generated::*;
 /// (`google.api.http`, `buf.validate`, `shopmesh.options.v1.access`) and source comments intact.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shopmesh_descriptor.bin"));
+
+impl shopmesh::common::v1::Money {
+    /// `amount_minor` minor units (cents) of `currency_code` (ISO 4217).
+    pub fn new(currency_code: impl Into<String>, amount_minor: i64) -> Self {
+        Self {
+            currency_code: currency_code.into(),
+            amount_minor,
+        }
+    }
+}

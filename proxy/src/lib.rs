@@ -34,10 +34,9 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use figment::Figment;
 use pingora::services::Service as _;
-use shopmesh_host::{Protocol, Serve, Service, ServiceContext};
-use shopmesh_kit::{ConfigError, config::render, grpc};
+use shopmesh_host::{Calls, Manifest, Protocol, Serve, Service, ServiceContext};
+use shopmesh_kit::grpc;
 use shopmesh_proto::validate::descriptors;
 
 pub use config::EdgeConfig;
@@ -56,20 +55,14 @@ pub struct Edge;
 
 #[async_trait]
 impl Service for Edge {
-    fn name(&self) -> &'static str {
-        "edge"
-    }
+    const MANIFEST: Manifest = Manifest {
+        protocol: Protocol::Own,
+        calls: Calls::Every,
+        ..Manifest::new("edge", 8080)
+    };
+    type Config = EdgeConfig;
 
-    fn protocol(&self) -> Protocol {
-        Protocol::Own
-    }
-
-    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
-        Ok(render(&shopmesh_host::section::<EdgeConfig>(section)?))
-    }
-
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
-        let config: EdgeConfig = context.config()?;
+    async fn start(&self, context: ServiceContext, config: EdgeConfig) -> anyhow::Result<Serve> {
         let router = Router::from_descriptors(descriptors())?;
         let mut channels = HashMap::new();
         let mut grpc_targets = HashMap::new();
@@ -98,15 +91,15 @@ impl Service for Edge {
             stream_timeout: config.stream_timeout,
             keep_alive: sse::KEEP_ALIVE,
             client_timeout: config.client_timeout,
-            shutdown: context.shutdown.clone(),
+            shutdown: context.runtime.shutdown.clone(),
         };
         if let Some(tls) = &config.tls {
             tls.check()?;
         }
         let mut service =
             gateway::service(gateway, listen, config.tls.as_ref(), config.head_timeout)?;
-        let shutdown = context.shutdown.clone();
-        context.spawn(async move {
+        let shutdown = context.runtime.shutdown.clone();
+        context.runtime.spawn(async move {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let serving = tokio::spawn(async move {
                 service.start_service(None, stopped, 1).await;

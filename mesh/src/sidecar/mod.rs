@@ -200,6 +200,7 @@ impl Sidecar {
             }
         }
         tasks.spawn(reload_certificates(keys, shutdown.clone()));
+        tasks.spawn(export_table(shared.clone(), shutdown.clone()));
 
         let router = axum::Router::new()
             .route("/endpoints", get(endpoints))
@@ -412,6 +413,28 @@ async fn check_health(
 }
 
 /// Re-reads changed certificates every few seconds and warns as expiry nears.
+/// Keeps `shopmesh_mesh_endpoints{service}` at the number of endpoints the table holds for each
+/// service this node may call or serve, from start (at 0 until discovery lists them), so an
+/// alert on a service with no endpoint, or on the metric's absence, means something.
+async fn export_table(shared: Arc<Shared>, shutdown: Shutdown) {
+    let mut services: std::collections::BTreeSet<String> =
+        shared.config.allow.keys().cloned().collect();
+    let mut discovery = shared.discovery.clone();
+    let mut table = discovery.table();
+    loop {
+        services.extend(table.services().map(str::to_owned));
+        for service in &services {
+            let endpoints = table.instances(service).len();
+            metrics::gauge!("shopmesh_mesh_endpoints", "service" => service.clone())
+                .set(endpoints as f64);
+        }
+        table = tokio::select! {
+            table = discovery.changed() => table,
+            () = shutdown.wait() => return,
+        };
+    }
+}
+
 async fn reload_certificates(keys: Vec<Arc<ServiceKey>>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {

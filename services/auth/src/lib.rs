@@ -13,14 +13,14 @@ pub mod store;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use figment::Figment;
 use prost::Message as _;
-use shopmesh_events::{Event, SubscribeOptions, consumer};
-use shopmesh_host::{Serve, Service, ServiceContext, Store};
+use shopmesh_events::{Event, topics};
+use shopmesh_host::{
+    AUTH, Calls, GeneratedSecret, Manifest, Serve, Service, ServiceContext, Subscription,
+};
+use shopmesh_kit::Error;
 use shopmesh_kit::clock::now_ms;
 use shopmesh_kit::crypto::Sealer;
-use shopmesh_kit::shutdown::every;
-use shopmesh_kit::{ConfigError, Error, config::render};
 use shopmesh_proto::shopmesh::auth::v1::auth_service_server::AuthServiceServer;
 use shopmesh_proto::shopmesh::events::v1::{UserEvent, user_event};
 use shopmesh_proto::shopmesh::users::v1::user_service_client::UserServiceClient;
@@ -30,17 +30,14 @@ pub use config::AuthConfig;
 
 use crate::keys::{KeyRing, Timing};
 use crate::service::AuthHandler;
-use crate::store::cql::CqlAuth;
-use crate::store::sqlite::SqliteAuth;
-use crate::store::{AuthStore, MIGRATIONS};
+use crate::store::AuthStore;
 
 /// How often expired refresh tokens are deleted, and how long after expiry: until then a
 /// presented token still reads as expired rather than unknown.
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 const PURGE_GRACE_MS: i64 = 24 * 3600 * 1000;
 
-/// The topic and subscription on which auth learns that sessions must end.
-const USERS_TOPIC: &str = shopmesh_events::topics::USERS;
+/// The subscription on which auth learns that sessions must end.
 const SESSIONS_SUBSCRIPTION: &str = "auth-sessions";
 
 /// The auth service, as the host runs it.
@@ -49,52 +46,35 @@ pub struct Auth;
 
 #[async_trait]
 impl Service for Auth {
-    fn name(&self) -> &'static str {
-        "auth"
-    }
+    const MANIFEST: Manifest = Manifest {
+        calls: Calls::Only(&["users"]),
+        secrets: &[GeneratedSecret::master_key("data_key")],
+        ..Manifest::new(AUTH, 7001)
+    };
+    type Config = AuthConfig;
 
-    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
-        Ok(render(&shopmesh_host::section::<AuthConfig>(section)?))
-    }
-
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
-        let config: AuthConfig = context.config()?;
+    async fn start(&self, context: ServiceContext, config: AuthConfig) -> anyhow::Result<Serve> {
         let (store, keys) = open(&context, &config).await?;
-        let reloading = keys.clone();
-        context.spawn(every(
-            context.shutdown.clone(),
-            config.key_reload,
+        let runtime = &context.runtime;
+        runtime.every(
             "reload signing keys",
-            move || {
-                let keys = reloading.clone();
-                async move { keys.reload().await }
-            },
-        ));
-        let purging = store.clone();
-        context.spawn(every(
-            context.shutdown.clone(),
-            PURGE_EVERY,
+            config.key_reload,
+            keys.clone(),
+            |keys| async move { keys.reload().await },
+        );
+        runtime.every(
             "purge expired refresh tokens",
-            move || {
-                let store = purging.clone();
-                async move { Ok(store.purge_expired(now_ms() - PURGE_GRACE_MS).await?) }
-            },
-        ));
-        let subscriber = context
-            .events
-            .subscribe(
-                USERS_TOPIC,
-                SESSIONS_SUBSCRIPTION,
-                SubscribeOptions::default(),
+            PURGE_EVERY,
+            store.clone(),
+            |store| async move { Ok(store.purge_expired(now_ms() - PURGE_GRACE_MS).await?) },
+        );
+        runtime
+            .consume(
+                Subscription::new(topics::USERS, SESSIONS_SUBSCRIPTION, SESSIONS_SUBSCRIPTION),
+                store.clone(),
+                end_sessions,
             )
             .await?;
-        let sessions = store.clone();
-        context.spawn(consumer::run(
-            subscriber,
-            SESSIONS_SUBSCRIPTION,
-            context.shutdown.clone(),
-            move |event| end_sessions(sessions.clone(), event),
-        ));
         let handler = AuthHandler::new(
             store,
             keys,
@@ -103,9 +83,7 @@ impl Service for Auth {
             config.access_ttl,
             config.refresh_ttl,
         );
-        Ok(Serve::Grpc(tonic::service::Routes::new(
-            AuthServiceServer::new(handler),
-        )))
+        Ok(Serve::grpc(AuthServiceServer::new(handler)))
     }
 }
 
@@ -118,10 +96,7 @@ pub async fn open(
         &context.master_key("data_key", &config.data_key)?,
         "auth.signing_keys",
     );
-    let store: Arc<dyn AuthStore> = match context.open_store(&MIGRATIONS).await? {
-        Store::Sqlite(db) => Arc::new(SqliteAuth(db)),
-        Store::Cql(cql) => Arc::new(CqlAuth::new(cql).await?),
-    };
+    let (store, _) = context.repository::<dyn AuthStore>().await?;
     let timing = Timing {
         activation: config.key_activation,
         // A retired key stays published for the life of the tokens it signed, plus clock skew.

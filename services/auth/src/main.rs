@@ -1,5 +1,3 @@
 //! `shopmesh-auth`: the auth service on its own (distributed mode).
 
-fn main() -> std::process::ExitCode {
-    shopmesh_host::service_main(&shopmesh_auth::Auth)
-}
+shopmesh_host::main!(shopmesh_auth::Auth);

@@ -1,10 +1,17 @@
 //! What auth keeps: signing keys (private halves sealed) and refresh tokens (by hash only), on
 //! SQLite and on CQL behind one contract.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use shopmesh_host::Migrations;
+use shopmesh_host::{Opened, Repository};
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
+
+use self::cql::CqlAuth;
+use self::sqlite::SqliteAuth;
 
 pub mod cql;
 pub mod sqlite;
@@ -56,13 +63,23 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn purge_expired(&self, before_ms: i64) -> Result<(), StorageError>;
 }
 
-/// The auth schema on both backends.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SQLITE,
-    cql: CQL,
-};
+/// The host opens the repository on either backend, with the outbox relay running.
+#[async_trait]
+impl Repository for dyn AuthStore {
+    const SQLITE: &'static [Migration] = SQLITE;
+    const CQL: &'static [Migration] = CQL;
 
-const SQLITE: &[Migration] = &[Migration {
+    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::without_outbox(Arc::new(SqliteAuth(db))))
+    }
+
+    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::without_outbox(Arc::new(CqlAuth::new(cql).await?)))
+    }
+}
+
+/// The SQLite schema.
+pub const SQLITE: &[Migration] = &[Migration {
     version: 1,
     name: "auth",
     statements: "
@@ -90,7 +107,8 @@ const SQLITE: &[Migration] = &[Migration {
     ",
 }];
 
-const CQL: &[Migration] = &[Migration {
+/// The CQL schema.
+pub const CQL: &[Migration] = &[Migration {
     version: 1,
     name: "auth",
     statements: "

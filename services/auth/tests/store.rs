@@ -4,21 +4,21 @@ use std::sync::Arc;
 
 use shopmesh_auth::store::cql::CqlAuth;
 use shopmesh_auth::store::sqlite::SqliteAuth;
-use shopmesh_auth::store::{AuthStore, MIGRATIONS, RefreshToken, StoredKey};
+use shopmesh_auth::store::{AuthStore, CQL, RefreshToken, SQLITE, StoredKey};
 use shopmesh_kit::clock::now_ms;
-use shopmesh_storage::contract_suite;
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::contract_suite;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use uuid::Uuid;
 
 type Subject = (Arc<dyn AuthStore>, Option<TempSqlite>);
 
 async fn sqlite_store() -> Option<Subject> {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     Some((Arc::new(SqliteAuth(temp.db.clone())), Some(temp)))
 }
 
 async fn cql_store() -> Option<Subject> {
-    let cql = testing::cql(MIGRATIONS.cql).await?;
+    let cql = testing::cql(CQL).await?;
     Some((Arc::new(CqlAuth::new(cql).await.unwrap()), None))
 }
 

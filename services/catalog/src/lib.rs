@@ -14,20 +14,14 @@ pub mod store;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use figment::Figment;
-use shopmesh_events::outbox::{Relay, SqliteOutbox};
-use shopmesh_events::{SubscribeOptions, consumer};
-use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
-use shopmesh_kit::{ConfigError, config::render};
+use shopmesh_host::{Manifest, Mode, Replicas, Serve, Service, ServiceContext, Subscription};
 use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogServiceServer;
 
 pub use config::CatalogConfig;
 
 use crate::search::Search;
 use crate::service::CatalogHandler;
-use crate::store::cql::CqlCatalog;
-use crate::store::sqlite::SqliteCatalog;
-use crate::store::{CatalogStore, MIGRATIONS};
+use crate::store::CatalogStore;
 
 /// The catalog service, as the host runs it.
 #[derive(Debug, Clone, Copy)]
@@ -35,16 +29,13 @@ pub struct Catalog;
 
 #[async_trait]
 impl Service for Catalog {
-    fn name(&self) -> &'static str {
-        "catalog"
-    }
+    const MANIFEST: Manifest = Manifest {
+        replicas: Replicas::EveryNode,
+        ..Manifest::new("catalog", 7003)
+    };
+    type Config = CatalogConfig;
 
-    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
-        Ok(render(&shopmesh_host::section::<CatalogConfig>(section)?))
-    }
-
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
-        let config: CatalogConfig = context.config()?;
+    async fn start(&self, context: ServiceContext, config: CatalogConfig) -> anyhow::Result<Serve> {
         let handler = open(&context, &config, Follow::Yes).await?;
         stock::follow(handler.clone(), &context).await?;
         if context.mode == Mode::Embedded
@@ -54,9 +45,7 @@ impl Service for Catalog {
             let products = seed::demo(&handler).await?;
             println!("  demo catalog   {products} products in 5 departments (first start only)");
         }
-        Ok(Serve::Grpc(tonic::service::Routes::new(
-            CatalogServiceServer::from_arc(handler),
-        )))
+        Ok(Serve::grpc(CatalogServiceServer::from_arc(handler)))
     }
 }
 
@@ -68,70 +57,47 @@ pub enum Follow {
     No,
 }
 
-/// Opens the store and builds the handler; a following one also opens the search index and
-/// subscribes to product events.
+/// Opens the store (its outbox relay running) and builds the handler; a following one also
+/// opens the search index and follows product events.
 pub async fn open(
     context: &ServiceContext,
     config: &CatalogConfig,
     follow: Follow,
 ) -> anyhow::Result<Arc<CatalogHandler>> {
-    let (store, relay): (Arc<dyn CatalogStore>, Relay) =
-        match context.open_store(&MIGRATIONS).await? {
-            Store::Sqlite(db) => (
-                Arc::new(SqliteCatalog(db.clone())),
-                Relay::new(Arc::new(SqliteOutbox(db)), context.events.clone()),
-            ),
-            Store::Cql(cql) => {
-                let catalog = CqlCatalog::new(cql).await?;
-                let relay = Relay::new(catalog.outbox(), context.events.clone());
-                (Arc::new(catalog), relay)
-            }
-        };
-    let waker = relay.waker();
-    context.spawn(relay.run(context.shutdown.clone()));
+    let (store, waker) = context.repository::<dyn CatalogStore>().await?;
+    let locale = config.default_locale.clone();
     if follow == Follow::No {
-        return Ok(Arc::new(CatalogHandler::new(
-            store,
-            None,
-            config.default_locale.clone(),
-            waker,
-        )));
+        return Ok(Arc::new(CatalogHandler::new(store, None, locale, waker)));
     }
     let search = Arc::new(
         Search::open(
             &context.data_dir.join("search").join(&config.replica),
             store.clone(),
-            config.default_locale.clone(),
+            locale.clone(),
         )
         .await?,
     );
     let handler = Arc::new(CatalogHandler::new(
-        store.clone(),
+        store,
         Some(search.clone()),
-        config.default_locale.clone(),
+        locale,
         waker,
     ));
     // Every replica follows every product change on a subscription of its own.
     let subscription = format!("catalog-{}", config.replica);
-    let subscriber = context
-        .events
-        .subscribe(store::TOPIC, &subscription, SubscribeOptions::default())
-        .await?;
-    let following = handler.clone();
-    context.spawn(consumer::run(
-        subscriber,
-        "catalog-replica",
-        context.shutdown.clone(),
-        move |event| {
-            let (handler, search) = (following.clone(), search.clone());
-            async move {
+    context
+        .runtime
+        .consume(
+            Subscription::new(store::TOPIC, &subscription, "catalog-replica"),
+            (handler.clone(), search),
+            |(handler, search), event| async move {
                 if let Ok(product) = uuid::Uuid::parse_str(&event.key) {
                     handler.forget(product).await;
                 }
                 search.apply(&event.payload).await
-            }
-        },
-    ));
+            },
+        )
+        .await?;
     Ok(handler)
 }
 

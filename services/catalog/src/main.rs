@@ -1,5 +1,3 @@
 //! `shopmesh-catalog`: the catalog service on its own (distributed mode).
 
-fn main() -> std::process::ExitCode {
-    shopmesh_host::service_main(&shopmesh_catalog::Catalog)
-}
+shopmesh_host::main!(shopmesh_catalog::Catalog);

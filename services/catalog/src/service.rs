@@ -84,14 +84,14 @@ impl CatalogHandler {
 
     /// A product's details, from the cache when there.
     async fn cached(&self, id: &str) -> Result<Arc<ProductRecord>> {
-        let id = parse_id("id", id)?;
+        let id = Error::parse_id("id", id)?;
         let store = self.store.clone();
         self.details
             .try_get_with(id, async move {
                 match store.product(id).await {
                     Ok(Some(record)) => Ok(Arc::new(record)),
                     Ok(None) => Err(Error::not_found("PRODUCT_NOT_FOUND", "no such product")),
-                    Err(error) => Err(storage(error)),
+                    Err(error) => Err(Error::from(error)),
                 }
             })
             .await
@@ -99,17 +99,17 @@ impl CatalogHandler {
     }
 
     async fn product_record(&self, id: &str) -> Result<ProductRecord> {
-        let id = parse_id("id", id)?;
+        let id = Error::parse_id("id", id)?;
         self.store
             .product(id)
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .ok_or_else(|| Error::not_found("PRODUCT_NOT_FOUND", "no such product"))
     }
 
     /// `category` and every category below it.
     async fn subtree(&self, category: Uuid) -> Result<Vec<Uuid>> {
-        let categories = self.store.categories().await.map_err(storage)?;
+        let categories = self.store.categories().await.map_err(Error::from)?;
         if !categories.iter().any(|c| c.id == category) {
             return Err(Error::invalid_field("category", "no such category"));
         }
@@ -166,7 +166,7 @@ impl CatalogHandler {
                         .with_metadata("sku", record.sku),
                 );
             }
-            Err(other) => return Err(storage(other)),
+            Err(other) => return Err(Error::from(other)),
         }
         self.relay.notify_one();
         Ok(self.view(&record, &[]))
@@ -182,7 +182,7 @@ impl CatalogHandler {
                 Ok(true)
             }
             Err(StoreError::Conflict) => Ok(false),
-            Err(other) => Err(storage(other)),
+            Err(other) => Err(Error::from(other)),
         }
     }
 
@@ -255,7 +255,7 @@ impl CatalogHandler {
                     "RESERVATION_EXISTS",
                     "the order already has a reservation with other lines",
                 ),
-                other => storage(other),
+                other => Error::from(other),
             })?;
         self.relay.notify_one();
         Ok(reservation)
@@ -267,7 +267,7 @@ impl CatalogHandler {
             .store
             .release(order_id, now_ms(), self.announce())
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         self.relay.notify_one();
         Ok(reservation)
     }
@@ -282,7 +282,7 @@ impl CatalogHandler {
                     "NO_RESERVATION",
                     "the order has no reservation to commit",
                 ),
-                other => storage(other),
+                other => Error::from(other),
             })
     }
 
@@ -331,7 +331,7 @@ impl CatalogHandler {
                 "SLUG_TAKEN",
                 "a category with this slug exists",
             )),
-            Err(other) => Err(storage(other)),
+            Err(other) => Err(Error::from(other)),
         }
     }
 }
@@ -343,7 +343,7 @@ impl CatalogService for CatalogHandler {
         request: Request<ListCategoriesRequest>,
     ) -> std::result::Result<Response<ListCategoriesResponse>, Status> {
         let accepted = locale::accepted(request.metadata());
-        let mut categories = self.store.categories().await.map_err(storage)?;
+        let mut categories = self.store.categories().await.map_err(Error::from)?;
         // Parents before their children: by depth, then as stored (position, name).
         let depth = |category: &CategoryRecord| {
             let mut depth = 0;
@@ -393,7 +393,7 @@ impl CatalogService for CatalogHandler {
             .store
             .list_products(categories.as_deref(), after, size + 1)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         let more = records.len() > size;
         records.truncate(size);
         let next_page_token = match records.last() {
@@ -601,7 +601,7 @@ impl CatalogService for CatalogHandler {
                     }
                 }
                 Err(StoreError::Conflict) => {}
-                Err(other) => return Err(storage(other).into()),
+                Err(other) => return Err(Error::from(other).into()),
             }
         }
         Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
@@ -626,7 +626,7 @@ impl CatalogService for CatalogHandler {
                     return Ok(Response::new(DeleteProductResponse {}));
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(other) => return Err(storage(other).into()),
+                Err(other) => return Err(Error::from(other).into()),
             }
         }
         Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
@@ -646,13 +646,13 @@ impl CatalogService for CatalogHandler {
         request: Request<UpdateCategoryRequest>,
     ) -> std::result::Result<Response<Category>, Status> {
         let request = request.into_inner();
-        let id = parse_id("id", &request.id)?;
+        let id = Error::parse_id("id", &request.id)?;
         let update = request.category.unwrap_or_default();
         let mut record = self
             .store
             .categories()
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .into_iter()
             .find(|c| c.id == id)
             .ok_or_else(|| Error::not_found("CATEGORY_NOT_FOUND", "no such category"))?;
@@ -691,7 +691,7 @@ impl CatalogService for CatalogHandler {
             Err(StoreError::Conflict) => {
                 Err(Error::already_exists("SLUG_TAKEN", "a category with this slug exists").into())
             }
-            Err(other) => Err(storage(other).into()),
+            Err(other) => Err(Error::from(other).into()),
         }
     }
 
@@ -699,8 +699,8 @@ impl CatalogService for CatalogHandler {
         &self,
         request: Request<DeleteCategoryRequest>,
     ) -> std::result::Result<Response<DeleteCategoryResponse>, Status> {
-        let id = parse_id("id", &request.into_inner().id)?;
-        self.store.delete_category(id).await.map_err(storage)?;
+        let id = Error::parse_id("id", &request.into_inner().id)?;
+        self.store.delete_category(id).await.map_err(Error::from)?;
         Ok(Response::new(DeleteCategoryResponse {}))
     }
 
@@ -714,9 +714,9 @@ impl CatalogService for CatalogHandler {
         for id in request.into_inner().product_ids {
             let found = self
                 .store
-                .product(parse_id("product_ids", &id)?)
+                .product(Error::parse_id("product_ids", &id)?)
                 .await
-                .map_err(storage)?;
+                .map_err(Error::from)?;
             match found {
                 Some(record) => {
                     let view = self.view(&record, &accepted);
@@ -742,10 +742,10 @@ impl CatalogService for CatalogHandler {
         request: Request<ReserveStockRequest>,
     ) -> std::result::Result<Response<StockReservation>, Status> {
         let request = request.into_inner();
-        let order_id = parse_id("order_id", &request.order_id)?;
+        let order_id = Error::parse_id("order_id", &request.order_id)?;
         let mut lines: BTreeMap<Uuid, i32> = BTreeMap::new();
         for item in request.items {
-            let product_id = parse_id("items.product_id", &item.product_id)?;
+            let product_id = Error::parse_id("items.product_id", &item.product_id)?;
             if lines.insert(product_id, item.quantity).is_some() {
                 return Err(Error::invalid_field("items", "one line per product").into());
             }
@@ -766,7 +766,7 @@ impl CatalogService for CatalogHandler {
         request: Request<ReleaseStockRequest>,
     ) -> std::result::Result<Response<StockReservation>, Status> {
         let request = request.into_inner();
-        let order_id = parse_id("order_id", &request.order_id)?;
+        let order_id = Error::parse_id("order_id", &request.order_id)?;
         let reservation = self.release(order_id).await?;
         tracing::info!(order_id = %order_id, reason = request.reason, "stock released");
         Ok(Response::new(reservation_view(&reservation)))
@@ -776,7 +776,7 @@ impl CatalogService for CatalogHandler {
         &self,
         request: Request<CommitStockRequest>,
     ) -> std::result::Result<Response<StockReservation>, Status> {
-        let order_id = parse_id("order_id", &request.into_inner().order_id)?;
+        let order_id = Error::parse_id("order_id", &request.into_inner().order_id)?;
         let reservation = self.commit(order_id).await?;
         Ok(Response::new(reservation_view(&reservation)))
     }
@@ -842,24 +842,11 @@ fn translations_in(
         .collect()
 }
 
-fn parse_id(field: &str, text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|_| Error::invalid_field(field, "must be a UUID"))
-}
-
 fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
     if text.is_empty() {
         Ok(None)
     } else {
-        parse_id(field, text).map(Some)
-    }
-}
-
-fn storage(error: StoreError) -> Error {
-    match error {
-        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the record changed; retry"),
-        StoreError::NotFound => Error::not_found("NOT_FOUND", "no such record"),
-        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
-        StoreError::Storage(error) => error.into(),
+        Error::parse_id(field, text).map(Some)
     }
 }
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use shopmesh_events::{Event, SubscribeOptions, consumer, topics};
-use shopmesh_host::ServiceContext;
+use shopmesh_events::{Event, topics};
+use shopmesh_host::{ServiceContext, Subscription};
 use shopmesh_kit::{Error, ErrorKind};
 use shopmesh_proto::shopmesh::events::v1::{OrderEvent, order_event};
 use uuid::Uuid;
@@ -19,19 +19,14 @@ pub const SUBSCRIPTION: &str = "catalog-stock";
 
 /// Follows order events until shutdown.
 pub async fn follow(handler: Arc<CatalogHandler>, context: &ServiceContext) -> anyhow::Result<()> {
-    let subscriber = context
-        .events
-        .subscribe(topics::ORDERS, SUBSCRIPTION, SubscribeOptions::default())
+    context
+        .runtime
+        .consume(
+            Subscription::new(topics::ORDERS, SUBSCRIPTION, SUBSCRIPTION),
+            handler,
+            |handler, event| async move { handle(&handler, &event).await },
+        )
         .await?;
-    context.spawn(consumer::run(
-        subscriber,
-        "catalog-stock",
-        context.shutdown.clone(),
-        move |event| {
-            let handler = handler.clone();
-            async move { handle(&handler, &event).await }
-        },
-    ));
     Ok(())
 }
 

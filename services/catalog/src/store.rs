@@ -4,12 +4,19 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shopmesh_events::Event;
-use shopmesh_host::Migrations;
+use shopmesh_host::{Opened, Repository};
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
+
+use self::cql::CqlCatalog;
+use self::sqlite::SqliteCatalog;
 
 pub mod cql;
 pub mod sqlite;
@@ -179,13 +186,24 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn commit(&self, order_id: Uuid, now_ms: i64) -> Result<Reservation, StoreError>;
 }
 
-/// The catalog schema on both backends.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SQLITE,
-    cql: CQL,
-};
+/// The host opens the repository on either backend, with the outbox relay running.
+#[async_trait]
+impl Repository for dyn CatalogStore {
+    const SQLITE: &'static [Migration] = SQLITE;
+    const CQL: &'static [Migration] = CQL;
 
-const SQLITE: &[Migration] = &[
+    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::sqlite(Arc::new(SqliteCatalog(db.clone())), db))
+    }
+
+    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
+        let catalog = CqlCatalog::new(cql).await?;
+        Ok(Opened::cql(catalog.outbox(), Arc::new(catalog)))
+    }
+}
+
+/// The SQLite schema.
+pub const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
         name: "catalog",
@@ -230,7 +248,8 @@ const SQLITE: &[Migration] = &[
     },
 ];
 
-const CQL: &[Migration] = &[
+/// The CQL schema.
+pub const CQL: &[Migration] = &[
     Migration {
         version: 1,
         name: "catalog",

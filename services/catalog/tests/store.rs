@@ -6,23 +6,23 @@ use std::sync::Arc;
 use shopmesh_catalog::store::cql::CqlCatalog;
 use shopmesh_catalog::store::sqlite::SqliteCatalog;
 use shopmesh_catalog::store::{
-    Announce, CatalogStore, CategoryRecord, Line, MIGRATIONS, ProductRecord, ProductText,
-    ReservationState, StockChange, StoreError,
+    Announce, CQL, CatalogStore, CategoryRecord, Line, ProductRecord, ProductText,
+    ReservationState, SQLITE, StockChange, StoreError,
 };
 use shopmesh_events::Event;
-use shopmesh_storage::contract_suite;
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::contract_suite;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use uuid::Uuid;
 
 type Subject = (Arc<dyn CatalogStore>, Option<TempSqlite>);
 
 async fn sqlite_store() -> Option<Subject> {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     Some((Arc::new(SqliteCatalog(temp.db.clone())), Some(temp)))
 }
 
 async fn cql_store() -> Option<Subject> {
-    let cql = testing::cql(MIGRATIONS.cql).await?;
+    let cql = testing::cql(CQL).await?;
     Some((Arc::new(CqlCatalog::new(cql).await.unwrap()), None))
 }
 

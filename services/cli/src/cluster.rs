@@ -1,6 +1,9 @@
 //! `shopmesh cluster up`: the distributed mode on one machine. etcd, then per node (a loopback
 //! address of its own, 127.0.0.2 and up) a mesh sidecar and service replicas, each a process of
 //! its own binary, then the edge. Every call between services crosses the mesh.
+//!
+//! The topology comes from the registry's manifests: where each service runs, its port, the
+//! mesh allow-list (who calls whom) and the secrets each process is given.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,33 +13,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use shopmesh_host::{Manifest, Protocol, Replicas, SecretForm};
 use shopmesh_kit::ConfigArgs;
 use shopmesh_mesh::identity::{self, SpiffeId};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::registry;
+
 /// The mesh environment of a local cluster.
 const ENV: &str = "local";
-/// Services with one replica, in start order, and the node index each runs on (modulo nodes).
-const SINGLES: [(&str, usize); 4] = [("auth", 0), ("users", 0), ("orders", 1), ("payments", 2)];
-/// gRPC port of each service on its node.
-const PORTS: [(&str, u16); 5] = [
-    ("auth", 7001),
-    ("users", 7002),
-    ("catalog", 7003),
-    ("orders", 7004),
-    ("payments", 7005),
-];
-/// Who may call each service: every service asks auth for keys and roles; auth asks users
-/// for credentials; orders asks catalog for prices; the edge calls everything.
-const ALLOW: [(&str, &[&str]); 5] = [
-    ("auth", &["edge", "users", "catalog", "orders", "payments"]),
-    ("users", &["edge", "auth"]),
-    ("catalog", &["edge", "orders"]),
-    ("orders", &["edge"]),
-    ("payments", &["edge"]),
-];
 const SIDECAR_INBOUND: u16 = 15443;
 const SIDECAR_ADMIN: u16 = 15090;
 /// Outbound listeners of the sidecar, one per local service: this plus the service's index.
@@ -98,24 +85,26 @@ fn node_name(node: usize) -> String {
     format!("node-{}", node + 1)
 }
 
-fn port_of(service: &str) -> u16 {
-    PORTS
-        .iter()
-        .find(|(name, _)| *name == service)
-        .map_or(0, |(_, port)| *port)
+fn manifest(service: &str) -> Manifest {
+    registry::find(service)
+        .map(|service| service.manifest())
+        .unwrap_or_else(|| unreachable!("{service} is placed from the registry"))
 }
 
-/// Which services run on each node: the edge on the first, catalog replicas on the others (or
-/// on both of two), the rest spread out.
+/// Which services run on each node, in start order: a single replica on its manifest's node
+/// (modulo the node count), a service on every node on all but the first (or on both of two).
 fn placement(nodes: usize) -> Vec<Vec<&'static str>> {
     let mut placed = vec![Vec::new(); nodes];
-    placed[0].push("edge");
-    for (service, node) in SINGLES {
-        placed[node % nodes].push(service);
-    }
-    let first_catalog = if nodes > 2 { 1 } else { 0 };
-    for services in placed.iter_mut().skip(first_catalog) {
-        services.push("catalog");
+    let first_of_every = if nodes > 2 { 1 } else { 0 };
+    for manifest in registry::manifests() {
+        match manifest.replicas {
+            Replicas::One { node } => placed[node % nodes].push(manifest.name),
+            Replicas::EveryNode => {
+                for services in placed.iter_mut().skip(first_of_every) {
+                    services.push(manifest.name);
+                }
+            }
+        }
     }
     placed
 }
@@ -184,9 +173,9 @@ async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             );
         }
 
-        // Services in dependency order: auth and users before those that check tokens.
+        // Services in the registry's order: auth and users before those that check tokens.
         let mut order: Vec<(usize, &str)> = Vec::new();
-        for service in ["auth", "users", "catalog", "orders", "payments", "edge"] {
+        for service in registry::manifests().map(|manifest| manifest.name) {
             for (node, services) in placed.iter().enumerate() {
                 if services.contains(&service) {
                     order.push((node, service));
@@ -251,9 +240,8 @@ impl Binaries {
             )?,
             dir,
         };
-        for service in [
-            "sidecar", "edge", "auth", "users", "catalog", "orders", "payments",
-        ] {
+        let names = std::iter::once("sidecar").chain(registry::manifests().map(|m| m.name));
+        for service in names {
             let path = binaries.service(service);
             if !path.is_file() {
                 bail!(
@@ -278,20 +266,14 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// Each service process's own configuration file: the shared data directory and the
-/// service's secrets (master keys, the webhook secret), made once and kept, readable by the
-/// owner only, so a restart keeps the data readable and no secret shows in a process list.
+/// Each service process's own configuration file: the shared data directory, the secrets its
+/// manifest names (generated once and kept, readable by the owner only, so a restart keeps the
+/// data readable and no secret shows in a process list) and its local settings.
 fn service_configs(dir: &Path) -> anyhow::Result<PathBuf> {
     let configs = dir.join("config");
     std::fs::create_dir_all(&configs)?;
-    let key = || {
-        shopmesh_kit::crypto::MasterKey::generate()
-            .to_secret()
-            .expose()
-            .to_owned()
-    };
-    for service in ["auth", "users", "catalog", "orders", "payments", "edge"] {
-        let path = configs.join(format!("{service}.toml"));
+    for manifest in registry::manifests() {
+        let path = configs.join(format!("{}.toml", manifest.name));
         if path.exists() {
             continue;
         }
@@ -305,16 +287,19 @@ fn service_configs(dir: &Path) -> anyhow::Result<PathBuf> {
             "data_dir = {:?}",
             dir.join("data").display().to_string()
         )?;
-        match service {
-            "auth" | "users" | "orders" => {
-                writeln!(text, "\n[services.{service}]\ndata_key = \"{}\"", key())?;
-            }
-            "payments" => writeln!(
-                text,
-                "\n[services.payments]\ngateway = \"sandbox\"\nwebhook_secrets = [\"whsec_{}\"]",
-                key()
-            )?,
-            _ => {}
+        if !manifest.secrets.is_empty() || !manifest.local_settings.is_empty() {
+            writeln!(text, "\n[services.{}]", manifest.name)?;
+        }
+        for secret in manifest.secrets {
+            let key = shopmesh_kit::crypto::MasterKey::generate().to_secret();
+            let value = match secret.form {
+                SecretForm::MasterKey => format!("{:?}", key.expose()),
+                SecretForm::PrefixedList(prefix) => format!("[\"{prefix}{}\"]", key.expose()),
+            };
+            writeln!(text, "{} = {value}", secret.setting)?;
+        }
+        for setting in manifest.local_settings {
+            writeln!(text, "{setting}")?;
         }
         use std::io::Write as _;
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -327,6 +312,23 @@ fn service_configs(dir: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(configs)
+}
+
+/// The mesh allow-list: each gRPC service and the services that call it.
+fn allow_list() -> Vec<(&'static str, Vec<&'static str>)> {
+    let manifests: Vec<Manifest> = registry::manifests().collect();
+    manifests
+        .iter()
+        .filter(|target| target.protocol == Protocol::Grpc)
+        .map(|target| {
+            let callers = manifests
+                .iter()
+                .filter(|caller| caller.calls(target))
+                .map(|caller| caller.name)
+                .collect();
+            (target.name, callers)
+        })
+        .collect()
 }
 
 /// Writes node `node`'s sidecar configuration, issuing a fresh certificate per local service.
@@ -355,7 +357,7 @@ fn sidecar_config(
         "\n[discovery]\nsource = \"etcd\"\nendpoints = [\"{etcd_url}\"]\nlease_ttl = \"10s\""
     )?;
     writeln!(text, "\n[allow]")?;
-    for (target, callers) in ALLOW {
+    for (target, callers) in allow_list() {
         writeln!(text, "{target} = {callers:?}")?;
     }
     for (index, service) in services.iter().enumerate() {
@@ -368,8 +370,9 @@ fn sidecar_config(
             &node_dir,
         )?;
         writeln!(text, "\n[services.{service}]")?;
-        if *service != "edge" {
-            writeln!(text, "address = \"{ip}:{}\"", port_of(service))?;
+        let manifest = manifest(service);
+        if manifest.protocol == Protocol::Grpc {
+            writeln!(text, "address = \"{ip}:{}\"", manifest.port)?;
         }
         writeln!(text, "outbound = \"{ip}:{}\"", outbound_port(index))?;
         writeln!(text, "cert = {:?}", issued.cert.display().to_string())?;
@@ -405,14 +408,21 @@ fn service_command(
         format!("mesh=\"http://{ip}:{}\"", outbound_port(index)),
         "log.format=\"json\"".to_owned(),
     ];
-    let url = if service == "edge" {
-        settings.push(format!("services.edge.listen=\"{}\"", args.edge_listen));
+    let manifest = manifest(service);
+    let url = if manifest.protocol == Protocol::Own {
+        settings.push(format!(
+            "services.{service}.listen=\"{}\"",
+            args.edge_listen
+        ));
         format!("http://{}", args.edge_listen)
     } else {
-        let address = SocketAddr::new(ip, port_of(service));
+        let address = SocketAddr::new(ip, manifest.port);
         settings.push(format!("listen.{service}=\"{address}\""));
-        if service == "catalog" {
-            settings.push(format!("services.catalog.replica=\"{}\"", node_name(node)));
+        if manifest.replicas == Replicas::EveryNode {
+            settings.push(format!(
+                "services.{service}.replica=\"{}\"",
+                node_name(node)
+            ));
         }
         format!("grpc://{address}")
     };
@@ -604,5 +614,22 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_allow_list_follows_the_manifests() {
+        let allow: std::collections::BTreeMap<_, _> = allow_list().into_iter().collect();
+        assert_eq!(
+            allow["auth"],
+            ["users", "catalog", "orders", "payments", "edge"]
+        );
+        assert_eq!(allow["users"], ["auth", "edge"]);
+        assert_eq!(allow["catalog"], ["orders", "edge"]);
+        assert_eq!(allow["orders"], ["edge"]);
+        assert_eq!(allow["payments"], ["edge"]);
+        assert!(
+            !allow.contains_key("edge"),
+            "nobody calls the edge through the mesh"
+        );
     }
 }

@@ -13,8 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use shopmesh_host::{Mode, Service};
+use shopmesh_host::{Hosted, Mode};
 use shopmesh_kit::ConfigArgs;
+
+/// Like every hosting binary (see `shopmesh_host::main!`), `shopmesh` allocates through
+/// mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -230,7 +235,7 @@ fn main() -> ExitCode {
                 Action::Inspect
             };
             let events = dead_letters::handle(
-                &context.events,
+                &context.runtime.events,
                 &topic,
                 &subscription,
                 action,
@@ -352,7 +357,7 @@ async fn catalog_import(context: shopmesh_host::ServiceContext, file: &Path) -> 
 }
 
 /// Runs a tool against one service's store and prints its error, if any.
-fn tool<F, Fut>(target: Target, service: &'static dyn Service, run: F) -> ExitCode
+fn tool<F, Fut>(target: Target, service: &'static dyn Hosted, run: F) -> ExitCode
 where
     F: FnOnce(shopmesh_host::ServiceContext) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,

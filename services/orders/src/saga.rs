@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prost::Message as _;
-use shopmesh_events::{Event, SubscribeOptions, consumer, topics};
-use shopmesh_host::ServiceContext;
+use shopmesh_events::{Event, SubscribeOptions, topics};
+use shopmesh_host::{ServiceContext, Subscription};
 use shopmesh_kit::{Error, ErrorKind};
 use shopmesh_proto::shopmesh::events::v1::{PaymentEvent, StockEvent, payment_event, stock_event};
 use uuid::Uuid;
@@ -24,32 +24,23 @@ pub async fn start(
     context: &ServiceContext,
     options: SubscribeOptions,
 ) -> anyhow::Result<()> {
-    let bus = &context.events;
-    let stock = bus
-        .subscribe(topics::STOCK, SUBSCRIPTION, options.clone())
+    let runtime = &context.runtime;
+    runtime
+        .consume(
+            Subscription::new(topics::STOCK, SUBSCRIPTION, "orders-stock")
+                .with_options(options.clone()),
+            handler.clone(),
+            |handler, event| async move { settle(stock_outcome(&handler, &event).await, &event) },
+        )
         .await?;
-    let payments = bus
-        .subscribe(topics::PAYMENTS, SUBSCRIPTION, options)
+    runtime
+        .consume(
+            Subscription::new(topics::PAYMENTS, SUBSCRIPTION, "orders-payments")
+                .with_options(options),
+            handler,
+            |handler, event| async move { settle(payment_outcome(&handler, &event).await, &event) },
+        )
         .await?;
-    let on_stock = handler.clone();
-    context.spawn(consumer::run(
-        stock,
-        "orders-stock",
-        context.shutdown.clone(),
-        move |event| {
-            let handler = on_stock.clone();
-            async move { settle(stock_outcome(&handler, &event).await, &event) }
-        },
-    ));
-    context.spawn(consumer::run(
-        payments,
-        "orders-payments",
-        context.shutdown.clone(),
-        move |event| {
-            let handler = handler.clone();
-            async move { settle(payment_outcome(&handler, &event).await, &event) }
-        },
-    ));
     Ok(())
 }
 

@@ -122,7 +122,7 @@ impl OrderHandler {
 
     /// The order `id` as `caller` may see it: their own, or anyone's with `permission`.
     async fn visible(&self, id: &str, caller: &Caller, permission: &str) -> Result<OrderRecord> {
-        let order = self.load(parse_id("id", id)?).await?;
+        let order = self.load(Error::parse_id("id", id)?).await?;
         if order.user_id.to_string() != caller.user_id && !caller.can(permission) {
             return Err(not_found());
         }
@@ -303,7 +303,7 @@ impl OrderHandler {
     ) -> Result<OrderRecord> {
         let mut wanted: BTreeMap<Uuid, i32> = BTreeMap::new();
         for item in &request.items {
-            let product_id = parse_id("items.product_id", &item.product_id)?;
+            let product_id = Error::parse_id("items.product_id", &item.product_id)?;
             if wanted.insert(product_id, item.quantity).is_some() {
                 return Err(Error::invalid_field(
                     "items",
@@ -339,7 +339,7 @@ impl OrderHandler {
         let mut currency: Option<String> = None;
         let mut total: i64 = 0;
         for product in quote.products {
-            let product_id = parse_id("product_id", &product.product_id)?;
+            let product_id = Error::parse_id("product_id", &product.product_id)?;
             let Some(quantity) = wanted.get(&product_id).copied() else {
                 continue;
             };
@@ -422,10 +422,7 @@ fn record(order: &OrderRecord, before: Status) {
 
 /// `minor` units of the order's currency.
 fn money(order: &OrderRecord, minor: i64) -> Money {
-    Money {
-        currency_code: order.body.currency.clone(),
-        amount_minor: minor,
-    }
+    Money::new(&order.body.currency, minor)
 }
 
 /// The order's lines as the API and its events show them.
@@ -504,21 +501,12 @@ fn fingerprint(request: &CreateOrderRequest) -> Vec<u8> {
     sha256(&canonical.encode_to_vec())
 }
 
-fn parse_id(field: &str, id: &str) -> Result<Uuid> {
-    Uuid::parse_str(id).map_err(|_| Error::invalid_field(field.to_owned(), "must be a UUID"))
-}
-
 fn not_found() -> Error {
     Error::not_found("ORDER_NOT_FOUND", "no such order")
 }
 
 fn storage(error: StoreError) -> Error {
-    match error {
-        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the order changed; retry"),
-        StoreError::NotFound => not_found(),
-        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
-        StoreError::Storage(error) => error.into(),
-    }
+    error.or_missing(not_found)
 }
 
 type WatchStream =
@@ -543,7 +531,7 @@ impl OrderService for OrderApi {
         request: Request<CreateOrderRequest>,
     ) -> std::result::Result<Response<Order>, GrpcStatus> {
         let caller = Caller::of(&request)?.clone();
-        let user_id = parse_id("user_id", &caller.user_id)?;
+        let user_id = Error::parse_id("user_id", &caller.user_id)?;
         let key = IdempotencyKey {
             user_id,
             key: idempotency_key(request.metadata())?,
@@ -598,7 +586,7 @@ impl OrderService for OrderApi {
             caller.require("orders.orders.read_any")?;
             request.user_id.to_ascii_lowercase()
         };
-        let owner = parse_id("user_id", &owner)?;
+        let owner = Error::parse_id("user_id", &owner)?;
         let status = match OrderStatus::try_from(request.status) {
             Ok(OrderStatus::Unspecified) | Err(_) => None,
             Ok(status) => Status::from_proto(status),
@@ -666,7 +654,7 @@ impl OrderService for OrderApi {
     ) -> std::result::Result<Response<Order>, GrpcStatus> {
         let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
-        let id = parse_id("id", &request.id)?;
+        let id = Error::parse_id("id", &request.id)?;
         let shipment = Shipment {
             carrier: request.carrier,
             tracking_number: request.tracking_number,
@@ -692,7 +680,7 @@ impl OrderService for OrderApi {
         request: Request<DeliverOrderRequest>,
     ) -> std::result::Result<Response<Order>, GrpcStatus> {
         let caller = Caller::of(&request)?.clone();
-        let id = parse_id("id", &request.get_ref().id)?;
+        let id = Error::parse_id("id", &request.get_ref().id)?;
         let applied = self
             .apply(
                 id,
@@ -766,7 +754,9 @@ impl OrderService for OrderApi {
         &self,
         request: Request<LookupOrderRequest>,
     ) -> std::result::Result<Response<Order>, GrpcStatus> {
-        let order = self.load(parse_id("id", &request.get_ref().id)?).await?;
+        let order = self
+            .load(Error::parse_id("id", &request.get_ref().id)?)
+            .await?;
         Ok(Response::new(self.view(&order)?))
     }
 
@@ -778,8 +768,8 @@ impl OrderService for OrderApi {
         let found = self
             .store
             .purchase(
-                parse_id("user_id", &request.user_id)?,
-                parse_id("product_id", &request.product_id)?,
+                Error::parse_id("user_id", &request.user_id)?,
+                Error::parse_id("product_id", &request.product_id)?,
             )
             .await
             .map_err(storage)?;

@@ -2,14 +2,21 @@
 //! document (lines, sealed address, payment, history) plus the columns queries need; every
 //! change is written over the version it was decided on, with its events.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shopmesh_events::Event;
-use shopmesh_host::Migrations;
-use shopmesh_storage::Migration;
+use shopmesh_host::{Opened, Repository};
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
 use crate::state::{Machine, Status};
+
+use self::cql::CqlOrders;
+use self::sqlite::SqliteOrders;
 
 pub mod cql;
 pub mod sqlite;
@@ -178,13 +185,24 @@ pub trait OrderStore: Send + Sync + 'static {
 /// Statuses that count as a purchase (reviews admits their buyers).
 pub const PURCHASED: [Status; 3] = [Status::Paid, Status::Shipped, Status::Delivered];
 
-/// The orders schema on both backends.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SQLITE,
-    cql: CQL,
-};
+/// The host opens the repository on either backend, with the outbox relay running.
+#[async_trait]
+impl Repository for dyn OrderStore {
+    const SQLITE: &'static [Migration] = SQLITE;
+    const CQL: &'static [Migration] = CQL;
 
-const SQLITE: &[Migration] = &[
+    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::sqlite(Arc::new(SqliteOrders(db.clone())), db))
+    }
+
+    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
+        let orders = CqlOrders::new(cql).await?;
+        Ok(Opened::cql(orders.outbox(), Arc::new(orders)))
+    }
+}
+
+/// The SQLite schema.
+pub const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
         name: "orders",
@@ -228,7 +246,8 @@ const SQLITE: &[Migration] = &[
     },
 ];
 
-const CQL: &[Migration] = &[
+/// The CQL schema.
+pub const CQL: &[Migration] = &[
     Migration {
         version: 1,
         name: "orders",

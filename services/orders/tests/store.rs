@@ -9,22 +9,22 @@ use shopmesh_orders::state::Status;
 use shopmesh_orders::store::cql::CqlOrders;
 use shopmesh_orders::store::sqlite::SqliteOrders;
 use shopmesh_orders::store::{
-    Created, IdempotencyKey, Line, MIGRATIONS, OrderBody, OrderRecord, OrderStore, Outgoing,
-    Processed, StoreError,
+    CQL, Created, IdempotencyKey, Line, OrderBody, OrderRecord, OrderStore, Outgoing, Processed,
+    SQLITE, StoreError,
 };
-use shopmesh_storage::contract_suite;
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::contract_suite;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use uuid::Uuid;
 
 type Subject = (Arc<dyn OrderStore>, Option<TempSqlite>);
 
 async fn sqlite_store() -> Option<Subject> {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     Some((Arc::new(SqliteOrders(temp.db.clone())), Some(temp)))
 }
 
 async fn cql_store() -> Option<Subject> {
-    let cql = testing::cql(MIGRATIONS.cql).await?;
+    let cql = testing::cql(CQL).await?;
     Some((Arc::new(CqlOrders::new(cql).await.unwrap()), None))
 }
 
@@ -260,7 +260,7 @@ contract_suite! {
 /// that dies in between leaves them there, and the next read moves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_events_parked_by_a_dead_writer_move_on_the_next_read() {
-    let Some(cql) = testing::cql(MIGRATIONS.cql).await else {
+    let Some(cql) = testing::cql(CQL).await else {
         return;
     };
     let store = CqlOrders::new(cql.clone()).await.unwrap();

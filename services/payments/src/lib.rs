@@ -11,20 +11,18 @@ pub mod service;
 pub mod store;
 pub mod webhook;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use figment::Figment;
-use shopmesh_events::outbox::{Relay, SqliteOutbox};
-use shopmesh_events::{EventBus, SubscribeOptions, consumer, topics};
-use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
+use shopmesh_events::topics;
+use shopmesh_host::{
+    GeneratedSecret, Manifest, Mode, Replicas, Runtime, SecretForm, Serve, Service, ServiceContext,
+    Store, Subscription,
+};
+use shopmesh_kit::Secret;
 use shopmesh_kit::clock::now_ms;
-use shopmesh_kit::shutdown::every;
-use shopmesh_kit::{ConfigError, Secret, Shutdown, config::render};
 use shopmesh_proto::shopmesh::payments::v1::payment_service_server::PaymentServiceServer;
 use tokio::sync::mpsc;
 
@@ -34,9 +32,7 @@ pub use service::PaymentHandler;
 use crate::gateway::PaymentGateway;
 use crate::gateway::sandbox::{Delivery, Sandbox};
 use crate::gateway::stripe::Stripe;
-use crate::store::cql::CqlPayments;
-use crate::store::sqlite::SqlitePayments;
-use crate::store::{MIGRATIONS, PaymentStore};
+use crate::store::PaymentStore;
 
 /// The subscription on `shopmesh.orders` payments charges and refunds from.
 pub const SUBSCRIPTION: &str = "payments";
@@ -52,38 +48,37 @@ pub struct Payments;
 
 #[async_trait]
 impl Service for Payments {
-    fn name(&self) -> &'static str {
-        "payments"
-    }
+    const MANIFEST: Manifest = Manifest {
+        replicas: Replicas::One { node: 2 },
+        secrets: &[GeneratedSecret {
+            setting: "webhook_secrets",
+            form: SecretForm::PrefixedList("whsec_"),
+        }],
+        // A local cluster pays on the sandbox; a real deployment configures Stripe.
+        local_settings: &["gateway = \"sandbox\""],
+        ..Manifest::new("payments", 7005)
+    };
+    type Config = PaymentsConfig;
 
-    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
-        Ok(render(&shopmesh_host::section::<PaymentsConfig>(section)?))
-    }
-
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
-        let config: PaymentsConfig = context.config()?;
+    async fn start(
+        &self,
+        context: ServiceContext,
+        config: PaymentsConfig,
+    ) -> anyhow::Result<Serve> {
         let gateway = config.gateway.unwrap_or(match context.mode {
             Mode::Embedded => GatewayKind::Sandbox,
             Mode::Distributed => GatewayKind::Stripe,
         });
         let webhook_secrets = webhook_secrets(&context, &config)?;
-        let store = context.open_store(&MIGRATIONS).await?;
-        let running = assemble(Setup {
-            store,
-            events: context.events.clone(),
+        let store = context.open_store::<dyn PaymentStore>().await?;
+        let setup = Setup {
             gateway,
             stripe: config.stripe.clone(),
             webhook_secrets,
             sweep_after: config.sweep_after,
-            shutdown: context.shutdown.clone(),
-        })
-        .await?;
-        for task in running.tasks {
-            context.spawn(task);
-        }
-        Ok(Serve::Grpc(tonic::service::Routes::new(
-            PaymentServiceServer::from_arc(running.handler),
-        )))
+        };
+        let handler = assemble(&context.runtime, store, setup).await?;
+        Ok(Serve::grpc(PaymentServiceServer::from_arc(handler)))
     }
 }
 
@@ -111,114 +106,80 @@ fn webhook_secrets(
     }
 }
 
-/// What [`assemble`] needs: everything the host would otherwise give, so tests run the same
-/// wiring on a bus and store of their own.
+/// How the service pays: the gateway and its secrets.
 pub struct Setup {
-    pub store: Store,
-    pub events: Arc<dyn EventBus>,
     pub gateway: GatewayKind,
     pub stripe: StripeConfig,
     /// At least one; the first signs the sandbox's events.
     pub webhook_secrets: Vec<Secret>,
     /// How long a payment stays processing, unchanged, before the sweeper asks the provider.
     pub sweep_after: Duration,
-    pub shutdown: Shutdown,
 }
 
-/// A background task of the service (outbox relay, order consumer, sweeper, sandbox webhook
-/// delivery).
-pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// The assembled service: its handler and the tasks to run until shutdown.
-pub struct Running {
-    pub handler: Arc<PaymentHandler>,
-    pub tasks: Vec<Task>,
-}
-
-/// Builds the store, the gateway and the handler, subscribes to order events, and returns the
-/// background tasks that keep it going.
-pub async fn assemble(setup: Setup) -> anyhow::Result<Running> {
-    let Setup {
-        store,
-        events,
-        gateway,
-        stripe,
-        webhook_secrets,
-        sweep_after,
-        shutdown,
-    } = setup;
-    let secret = webhook_secrets
+/// Builds the repository, the gateway and the handler on `store`, and starts on `runtime` what
+/// keeps it going: the outbox relay, the order consumer, the sweeper and the sandbox's webhook
+/// delivery. Tests run the same wiring on a runtime and store of their own.
+pub async fn assemble(
+    runtime: &Runtime,
+    store: Store,
+    setup: Setup,
+) -> anyhow::Result<Arc<PaymentHandler>> {
+    let secret = setup
+        .webhook_secrets
         .first()
         .filter(|s| !s.is_empty())
         .cloned()
         .context("at least one webhook secret is needed")?;
-    let (store, relay): (Arc<dyn PaymentStore>, Relay) = match store {
-        Store::Sqlite(db) => (
-            Arc::new(SqlitePayments(db.clone())),
-            Relay::new(Arc::new(SqliteOutbox(db)), events.clone()),
-        ),
-        Store::Cql(cql) => {
-            let payments = CqlPayments::new(cql).await?;
-            let relay = Relay::new(payments.outbox(), events.clone());
-            (Arc::new(payments), relay)
-        }
-    };
-    let waker = relay.waker();
-    let (deliveries, mut delivered) = mpsc::channel::<Delivery>(SANDBOX_QUEUE);
-    let gateway: Arc<dyn PaymentGateway> = match gateway {
+    let (store, waker) = runtime.repository::<dyn PaymentStore>(store).await?;
+    let (deliveries, delivered) = mpsc::channel::<Delivery>(SANDBOX_QUEUE);
+    let gateway: Arc<dyn PaymentGateway> = match setup.gateway {
         GatewayKind::Sandbox => Arc::new(Sandbox::new(store.clone(), secret, deliveries)),
         GatewayKind::Stripe => Arc::new(
-            Stripe::new(&stripe).map_err(|e| anyhow::anyhow!("cannot set up Stripe: {e}"))?,
+            Stripe::new(&setup.stripe).map_err(|e| anyhow::anyhow!("cannot set up Stripe: {e}"))?,
         ),
     };
     let handler = Arc::new(
-        PaymentHandler::new(store, gateway, webhook_secrets, waker).with_sweep_after(sweep_after),
+        PaymentHandler::new(store, gateway, setup.webhook_secrets, waker)
+            .with_sweep_after(setup.sweep_after),
     );
-    let subscriber = events
-        .subscribe(topics::ORDERS, SUBSCRIPTION, SubscribeOptions::default())
+    runtime
+        .consume(
+            Subscription::new(topics::ORDERS, SUBSCRIPTION, SUBSCRIPTION),
+            handler.clone(),
+            |handler, event| async move { handler.on_order_event(event).await },
+        )
         .await?;
-    let consuming = handler.clone();
-    let sweeping = handler.clone();
-    let mut tasks: Vec<Task> = vec![
-        Box::pin(relay.run(shutdown.clone())),
-        Box::pin(consumer::run(
-            subscriber,
-            SUBSCRIPTION,
-            shutdown.clone(),
-            move |event| {
-                let handler = consuming.clone();
-                async move { handler.on_order_event(event).await }
-            },
-        )),
-        Box::pin(every(
-            shutdown.clone(),
-            SWEEP_INTERVAL,
-            "sweep processing payments",
-            move || {
-                let handler = sweeping.clone();
-                async move {
-                    handler.sweep_processing(now_ms()).await?;
-                    Ok(())
-                }
-            },
-        )),
-    ];
-    // The sandbox's events take the webhook path in-process, signature check included.
-    let receiving = handler.clone();
-    tasks.push(Box::pin(async move {
-        loop {
-            let delivery = tokio::select! {
-                delivery = delivered.recv() => delivery,
-                () = shutdown.wait() => return,
-            };
-            let Some(delivery) = delivery else { return };
-            if let Err(error) = receiving
-                .webhook(&delivery.body, Some(&delivery.signature))
-                .await
-            {
-                tracing::warn!(%error, "sandbox webhook delivery failed");
-            }
+    runtime.every(
+        "sweep processing payments",
+        SWEEP_INTERVAL,
+        handler.clone(),
+        |handler| async move { Ok(handler.sweep_processing(now_ms()).await.map(drop)?) },
+    );
+    runtime.spawn(deliver_sandbox_events(
+        handler.clone(),
+        delivered,
+        runtime.shutdown.clone(),
+    ));
+    Ok(handler)
+}
+
+/// The sandbox's events take the webhook path in-process, signature check included.
+async fn deliver_sandbox_events(
+    handler: Arc<PaymentHandler>,
+    mut delivered: mpsc::Receiver<Delivery>,
+    shutdown: shopmesh_kit::Shutdown,
+) {
+    loop {
+        let delivery = tokio::select! {
+            delivery = delivered.recv() => delivery,
+            () = shutdown.wait() => return,
+        };
+        let Some(delivery) = delivery else { return };
+        if let Err(error) = handler
+            .webhook(&delivery.body, Some(&delivery.signature))
+            .await
+        {
+            tracing::warn!(%error, "sandbox webhook delivery failed");
         }
-    }));
-    Ok(Running { handler, tasks })
+    }
 }

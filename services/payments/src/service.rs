@@ -34,7 +34,7 @@ use crate::gateway::{
 };
 use crate::store::{
     Outcome, PaymentRecord, PaymentStore, RefundOutcome, RefundRecord, RefundSettlement,
-    RefundState, Settled, Settlement, Status, StoreError,
+    RefundState, Settled, Settlement, Status,
 };
 use crate::webhook::{self, Subject};
 
@@ -135,7 +135,11 @@ impl PaymentHandler {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let payment = self.store.begin_payment(&fresh).await.map_err(storage)?;
+        let payment = self
+            .store
+            .begin_payment(&fresh)
+            .await
+            .map_err(Error::from)?;
         if payment.status != Status::Processing {
             // Settled before; its event went out with the outcome.
             return Ok(payment);
@@ -200,7 +204,7 @@ impl PaymentHandler {
             },
             ProviderStatus::Processing => {
                 if let Some(id) = webhook
-                    && !self.store.note_webhook(id).await.map_err(storage)?
+                    && !self.store.note_webhook(id).await.map_err(Error::from)?
                 {
                     return Ok(Settled::Duplicate);
                 }
@@ -208,7 +212,7 @@ impl PaymentHandler {
                     self.store
                         .note_provider_payment_id(payment.id, &answer.provider_payment_id, now_ms())
                         .await
-                        .map_err(storage)?;
+                        .map_err(Error::from)?;
                 }
                 return Ok(Settled::Unchanged(payment.clone()));
             }
@@ -231,7 +235,7 @@ impl PaymentHandler {
                 card_last4,
             } => payment_event::Payload::Succeeded(PaymentSucceeded {
                 attempt: payment.attempt,
-                amount: Some(money(&payment.currency, payment.amount_minor)),
+                amount: Some(Money::new(&payment.currency, payment.amount_minor)),
                 card_brand: card_brand.clone(),
                 card_last4: card_last4.clone(),
             }),
@@ -255,7 +259,7 @@ impl PaymentHandler {
             .store
             .settle(&settlement, &event, webhook)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         if let Settled::Applied(payment) = &settled {
             self.relay.notify_one();
             tracing::info!(
@@ -283,7 +287,7 @@ impl PaymentHandler {
             .store
             .stale_processing(now_ms.saturating_sub(sweep_after), SWEEP_BATCH)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         let mut settled = 0;
         for payment in &stale {
             let outcome = match self.sweep_one(payment, now_ms).await {
@@ -377,7 +381,7 @@ impl PaymentHandler {
             .store
             .payment(payment_id)
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .ok_or_else(|| {
                 Error::failed_precondition(
                     "PAYMENT_NOT_FOUND",
@@ -449,7 +453,7 @@ impl PaymentHandler {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let refund = self.store.begin_refund(&fresh).await.map_err(storage)?;
+        let refund = self.store.begin_refund(&fresh).await.map_err(Error::from)?;
         if refund.status != RefundState::Pending {
             return Ok(());
         }
@@ -501,14 +505,14 @@ impl PaymentHandler {
             },
             RefundStatus::Pending => {
                 if let Some(id) = webhook
-                    && !self.store.note_webhook(id).await.map_err(storage)?
+                    && !self.store.note_webhook(id).await.map_err(Error::from)?
                 {
                     return Ok(Settled::Duplicate);
                 }
                 self.store
                     .note_provider_refund_id(refund.id, &answer.id, now_ms())
                     .await
-                    .map_err(storage)?;
+                    .map_err(Error::from)?;
                 return Ok(Settled::Unchanged(refund.clone()));
             }
         };
@@ -526,7 +530,7 @@ impl PaymentHandler {
         let payload = match &outcome {
             RefundOutcome::Succeeded => payment_event::Payload::Refunded(Refunded {
                 refund_id: refund.id.to_string(),
-                amount: Some(money(&refund.currency, refund.amount_minor)),
+                amount: Some(Money::new(&refund.currency, refund.amount_minor)),
             }),
             RefundOutcome::Failed { reason } => {
                 payment_event::Payload::RefundFailed(RefundFailed {
@@ -546,7 +550,7 @@ impl PaymentHandler {
             .store
             .settle_refund(&settlement, &event, webhook)
             .await
-            .map_err(storage)?;
+            .map_err(Error::from)?;
         if let Settled::Applied(refund) = &settled {
             self.relay.notify_one();
             match refund.status {
@@ -587,7 +591,12 @@ impl PaymentHandler {
         .map_err(|error| Error::invalid_argument("BAD_SIGNATURE", error.to_string()))?;
         let event = webhook::parse_event(payload)
             .map_err(|error| Error::invalid_argument("BAD_EVENT", error.to_string()))?;
-        if self.store.webhook_seen(&event.id).await.map_err(storage)? {
+        if self
+            .store
+            .webhook_seen(&event.id)
+            .await
+            .map_err(Error::from)?
+        {
             return Ok(HandleStripeWebhookResponse { duplicate: true });
         }
         let duplicate = match event.subject() {
@@ -629,23 +638,31 @@ impl PaymentHandler {
                     code,
                     "webhook about an intent the provider refuses to show"
                 );
-                return Ok(!self.store.note_webhook(event_id).await.map_err(storage)?);
+                return Ok(!self
+                    .store
+                    .note_webhook(event_id)
+                    .await
+                    .map_err(Error::from)?);
             }
         };
         let ours = answer.payment_id.clone().or(payment_id);
         let payment = match ours.as_deref().and_then(|id| Uuid::parse_str(id).ok()) {
-            Some(id) => self.store.payment(id).await.map_err(storage)?,
+            Some(id) => self.store.payment(id).await.map_err(Error::from)?,
             None => self
                 .store
                 .payment_by_provider_id(&answer.provider_payment_id)
                 .await
-                .map_err(storage)?,
+                .map_err(Error::from)?,
         };
         let Some(payment) = payment.filter(|p| {
             p.provider_payment_id.is_empty() || p.provider_payment_id == answer.provider_payment_id
         }) else {
             // Another integration's intent on the same account.
-            return Ok(!self.store.note_webhook(event_id).await.map_err(storage)?);
+            return Ok(!self
+                .store
+                .note_webhook(event_id)
+                .await
+                .map_err(Error::from)?);
         };
         Ok(matches!(
             self.settle(&payment, &answer, Some(event_id)).await?,
@@ -673,12 +690,12 @@ impl PaymentHandler {
                 .as_deref()
                 .and_then(|r| Uuid::parse_str(r).ok())
             {
-                Some(ours) => self.store.refund(ours).await.map_err(storage)?,
+                Some(ours) => self.store.refund(ours).await.map_err(Error::from)?,
                 None => self
                     .store
                     .refund_by_provider_id(&answer.id)
                     .await
-                    .map_err(storage)?,
+                    .map_err(Error::from)?,
             };
             if let Some(refund) = refund {
                 found.push((refund, answer));
@@ -691,9 +708,9 @@ impl PaymentHandler {
                 .store
                 .payment_by_provider_id(&intent)
                 .await
-                .map_err(storage)?
+                .map_err(Error::from)?
         {
-            for refund in self.store.refunds(payment.id).await.map_err(storage)? {
+            for refund in self.store.refunds(payment.id).await.map_err(Error::from)? {
                 if refund.status != RefundState::Pending || refund.provider_refund_id.is_empty() {
                     continue;
                 }
@@ -709,7 +726,11 @@ impl PaymentHandler {
             }
         }
         if found.is_empty() {
-            return Ok(!self.store.note_webhook(event_id).await.map_err(storage)?);
+            return Ok(!self
+                .store
+                .note_webhook(event_id)
+                .await
+                .map_err(Error::from)?);
         }
         // The event id is remembered with the first effect; the rest need no record of it.
         let mut webhook = Some(event_id);
@@ -724,7 +745,7 @@ impl PaymentHandler {
 
     /// A payment as the API shows it, with its refunds.
     async fn view(&self, payment: &PaymentRecord) -> Result<Payment> {
-        let refunds = self.store.refunds(payment.id).await.map_err(storage)?;
+        let refunds = self.store.refunds(payment.id).await.map_err(Error::from)?;
         Ok(payment_view(payment, &refunds))
     }
 }
@@ -756,7 +777,7 @@ impl PaymentService for PaymentHandler {
             .store
             .payment(id)
             .await
-            .map_err(storage)?
+            .map_err(Error::from)?
             .ok_or_else(|| Error::not_found("PAYMENT_NOT_FOUND", "no such payment"))?;
         Ok(Response::new(self.view(&payment).await?))
     }
@@ -767,7 +788,11 @@ impl PaymentService for PaymentHandler {
     ) -> std::result::Result<Response<ListOrderPaymentsResponse>, GrpcStatus> {
         let order_id = Uuid::parse_str(&request.get_ref().order_id)
             .map_err(|_| Error::invalid_field("order_id", "must be a UUID"))?;
-        let records = self.store.order_payments(order_id).await.map_err(storage)?;
+        let records = self
+            .store
+            .order_payments(order_id)
+            .await
+            .map_err(Error::from)?;
         let mut payments = Vec::with_capacity(records.len());
         for record in &records {
             payments.push(self.view(record).await?);
@@ -809,8 +834,8 @@ pub fn payment_view(payment: &PaymentRecord, refunds: &[RefundRecord]) -> Paymen
             Status::Failed => PaymentStatus::Failed,
             Status::Refunded => PaymentStatus::Refunded,
         } as i32,
-        amount: Some(money(&payment.currency, payment.amount_minor)),
-        amount_refunded: Some(money(&payment.currency, payment.amount_refunded_minor)),
+        amount: Some(Money::new(&payment.currency, payment.amount_minor)),
+        amount_refunded: Some(Money::new(&payment.currency, payment.amount_refunded_minor)),
         payment_method: payment.payment_method.clone(),
         card_brand: payment.card_brand.clone(),
         card_last4: payment.card_last4.clone(),
@@ -821,7 +846,7 @@ pub fn payment_view(payment: &PaymentRecord, refunds: &[RefundRecord]) -> Paymen
             .map(|refund| Refund {
                 id: refund.id.to_string(),
                 provider_refund_id: refund.provider_refund_id.clone(),
-                amount: Some(money(&refund.currency, refund.amount_minor)),
+                amount: Some(Money::new(&refund.currency, refund.amount_minor)),
                 status: match refund.status {
                     RefundState::Pending => RefundView::Pending,
                     RefundState::Succeeded => RefundView::Succeeded,
@@ -833,13 +858,6 @@ pub fn payment_view(payment: &PaymentRecord, refunds: &[RefundRecord]) -> Paymen
             .collect(),
         created_at: Some(timestamp(payment.created_at_ms)),
         updated_at: Some(timestamp(payment.updated_at_ms)),
-    }
-}
-
-fn money(currency: &str, amount_minor: i64) -> Money {
-    Money {
-        currency_code: currency.to_owned(),
-        amount_minor,
     }
 }
 
@@ -872,13 +890,4 @@ fn unavailable(error: GatewayError) -> Error {
         "PROVIDER_UNAVAILABLE",
         "the payment provider did not answer",
     )
-}
-
-fn storage(error: StoreError) -> Error {
-    match error {
-        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the record changed; retry"),
-        StoreError::NotFound => Error::not_found("NOT_FOUND", "no such record"),
-        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
-        StoreError::Storage(error) => error.into(),
-    }
 }

@@ -7,12 +7,19 @@
 //! synchronous answer and any number of duplicated or reordered webhooks together produce one
 //! event per outcome. Webhook event ids are remembered with the effect they caused.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use shopmesh_events::Event;
-use shopmesh_host::Migrations;
+use shopmesh_host::{Opened, Repository};
 use shopmesh_proto::shopmesh::payments::v1::PaymentProvider;
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
+
+use self::cql::CqlPayments;
+use self::sqlite::SqlitePayments;
 
 pub mod cql;
 pub mod sqlite;
@@ -275,13 +282,24 @@ pub trait PaymentStore: Send + Sync + 'static {
     async fn sandbox_get(&self, id: &str) -> Result<Option<SandboxObject>, StoreError>;
 }
 
-/// The payments schema on both backends.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SQLITE,
-    cql: CQL,
-};
+/// The host opens the repository on either backend, with the outbox relay running.
+#[async_trait]
+impl Repository for dyn PaymentStore {
+    const SQLITE: &'static [Migration] = SQLITE;
+    const CQL: &'static [Migration] = CQL;
 
-const SQLITE: &[Migration] = &[
+    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::sqlite(Arc::new(SqlitePayments(db.clone())), db))
+    }
+
+    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
+        let payments = CqlPayments::new(cql).await?;
+        Ok(Opened::cql(payments.outbox(), Arc::new(payments)))
+    }
+}
+
+/// The SQLite schema.
+pub const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
         name: "payments",
@@ -346,7 +364,8 @@ const SQLITE: &[Migration] = &[
     },
 ];
 
-const CQL: &[Migration] = &[
+/// The CQL schema.
+pub const CQL: &[Migration] = &[
     Migration {
         version: 1,
         name: "payments",

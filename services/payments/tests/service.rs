@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use prost::Message as _;
 use shopmesh_events::outbox::{OutboxStore, SqliteOutbox};
-use shopmesh_events::testing::TestBus;
 use shopmesh_events::{Event, EventBus, SubscribeOptions, Subscriber, envelope, topics};
-use shopmesh_host::Store;
+use shopmesh_host::{Runtime, Store};
 use shopmesh_kit::{ErrorKind, Secret, Shutdown};
 use shopmesh_payments::gateway::sandbox::{Delivery, Sandbox};
 use shopmesh_payments::gateway::{
@@ -17,7 +16,7 @@ use shopmesh_payments::gateway::{
     refund_key,
 };
 use shopmesh_payments::store::sqlite::SqlitePayments;
-use shopmesh_payments::store::{MIGRATIONS, PaymentRecord, PaymentStore, Status};
+use shopmesh_payments::store::{CQL, PaymentRecord, PaymentStore, SQLITE, Status};
 use shopmesh_payments::webhook::{self, TOLERANCE_SECS};
 use shopmesh_payments::{GatewayKind, PaymentHandler, Setup, StripeConfig, assemble};
 use shopmesh_proto::google::api::HttpBody;
@@ -30,7 +29,8 @@ use shopmesh_proto::shopmesh::payments::v1::{
     GetPaymentRequest, ListOrderPaymentsRequest, PaymentProvider, PaymentStatus,
     RefundStatus as RefundView,
 };
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::events::TestBus;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -57,7 +57,7 @@ impl Drop for Running {
 }
 
 async fn start(spawn_tasks: bool) -> Running {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     let store = Store::Sqlite(temp.db.clone());
     start_on(store, Some(temp), spawn_tasks).await
 }
@@ -65,28 +65,23 @@ async fn start(spawn_tasks: bool) -> Running {
 async fn start_on(store: Store, temp: Option<TempSqlite>, spawn_tasks: bool) -> Running {
     let test_bus = TestBus::embedded();
     let bus = test_bus.connect().await.unwrap();
-    let shutdown = Shutdown::new();
-    let running = assemble(Setup {
-        store,
-        events: bus.clone(),
+    let runtime = if spawn_tasks {
+        Runtime::new(bus.clone(), Shutdown::new())
+    } else {
+        Runtime::inert(bus.clone())
+    };
+    let setup = Setup {
         gateway: GatewayKind::Sandbox,
         stripe: StripeConfig::default(),
         webhook_secrets: vec![secret()],
         sweep_after: Duration::from_secs(60),
-        shutdown: shutdown.clone(),
-    })
-    .await
-    .unwrap();
-    if spawn_tasks {
-        for task in running.tasks {
-            tokio::spawn(task);
-        }
-    }
+    };
+    let handler = assemble(&runtime, store, setup).await.unwrap();
     Running {
-        handler: running.handler,
+        handler,
         bus,
         temp,
-        shutdown,
+        shutdown: runtime.shutdown.clone(),
         _bus: test_bus,
     }
 }
@@ -178,7 +173,7 @@ fn delivered(delivery: &Delivery) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_sandbox_follows_stripes_test_cards() {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     let (sandbox, mut deliveries) = sandbox_on(&temp).await;
     assert_eq!(sandbox.provider(), PaymentProvider::Sandbox);
     let cases = [
@@ -267,7 +262,7 @@ async fn the_sandbox_follows_stripes_test_cards() {
 
 #[tokio::test]
 async fn the_sandbox_is_idempotent_and_survives_a_restart() {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     let (sandbox, mut deliveries) = sandbox_on(&temp).await;
     let request = intent_request("pm_card_visa");
     let first = sandbox.create_and_confirm(&request).await.unwrap();
@@ -327,7 +322,7 @@ async fn the_sandbox_is_idempotent_and_survives_a_restart() {
     );
 
     // A new process on the same database knows the objects.
-    let reopened = shopmesh_storage::sqlite::Sqlite::open(temp.db.path(), MIGRATIONS.sqlite)
+    let reopened = shopmesh_storage::sqlite::Sqlite::open(temp.db.path(), SQLITE)
         .await
         .unwrap();
     let store: Arc<dyn PaymentStore> = Arc::new(SqlitePayments(reopened));
@@ -354,7 +349,7 @@ async fn a_payment_request_is_charged_once_however_often_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_request_is_charged_once_on_cql() {
-    let Some(cql) = testing::cql(MIGRATIONS.cql).await else {
+    let Some(cql) = testing::cql(CQL).await else {
         return;
     };
     charged_once(start_on(Store::Cql(cql), None, true).await).await;

@@ -9,12 +9,12 @@ use shopmesh_events::outbox::{OutboxStore, SqliteOutbox};
 use shopmesh_payments::store::cql::CqlPayments;
 use shopmesh_payments::store::sqlite::SqlitePayments;
 use shopmesh_payments::store::{
-    MIGRATIONS, Outcome, PaymentRecord, PaymentStore, RefundOutcome, RefundRecord,
-    RefundSettlement, RefundState, SandboxObject, Settled, Settlement, Status, StoreError,
+    CQL, Outcome, PaymentRecord, PaymentStore, RefundOutcome, RefundRecord, RefundSettlement,
+    RefundState, SQLITE, SandboxObject, Settled, Settlement, Status, StoreError,
 };
 use shopmesh_proto::shopmesh::payments::v1::PaymentProvider;
-use shopmesh_storage::contract_suite;
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::contract_suite;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use uuid::Uuid;
 
 struct Subject {
@@ -24,7 +24,7 @@ struct Subject {
 }
 
 async fn cql_store() -> Option<Subject> {
-    let cql = testing::cql(MIGRATIONS.cql).await?;
+    let cql = testing::cql(CQL).await?;
     let store = CqlPayments::new(cql).await.unwrap();
     Some(Subject {
         outbox: store.outbox(),
@@ -34,7 +34,7 @@ async fn cql_store() -> Option<Subject> {
 }
 
 async fn sqlite_store() -> Option<Subject> {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     Some(Subject {
         store: Arc::new(SqlitePayments(temp.db.clone())),
         outbox: Arc::new(SqliteOutbox(temp.db.clone())),

@@ -89,7 +89,7 @@ fn sent_with(heads: &Heads, needle: &str) -> bool {
 
 #[tokio::test]
 async fn charges_reads_and_refunds_against_stripe_mock() {
-    let Some(mock) = shopmesh_kit::testbed::address(STRIPE_VARIABLE, "stripe") else {
+    let Some(mock) = shopmesh_testkit::testbed::address(STRIPE_VARIABLE, "stripe") else {
         return;
     };
     install_ring();
@@ -155,7 +155,7 @@ async fn charges_reads_and_refunds_against_stripe_mock() {
 
 #[tokio::test]
 async fn stripes_refusals_and_outages_are_told_apart() {
-    let Some(mock) = shopmesh_kit::testbed::address(STRIPE_VARIABLE, "stripe") else {
+    let Some(mock) = shopmesh_testkit::testbed::address(STRIPE_VARIABLE, "stripe") else {
         return;
     };
     install_ring();

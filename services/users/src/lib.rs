@@ -14,12 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use figment::Figment;
-use shopmesh_events::outbox::{Relay, SqliteOutbox};
-use shopmesh_host::{Mode, Serve, Service, ServiceContext, Store};
+use shopmesh_host::{GeneratedSecret, Manifest, Mode, Serve, Service, ServiceContext};
 use shopmesh_kit::clock::now_ms;
-use shopmesh_kit::shutdown::every;
-use shopmesh_kit::{ConfigError, config::render};
 use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
 use shopmesh_proto::shopmesh::users::v1::user_service_server::UserServiceServer;
 
@@ -28,9 +24,7 @@ pub use config::UsersConfig;
 use crate::password::Hasher;
 use crate::profile::Vault;
 use crate::service::{Registration, UserHandler};
-use crate::store::cql::CqlUsers;
-use crate::store::sqlite::SqliteUsers;
-use crate::store::{FAILURE_MEMORY_MS, MIGRATIONS, UserStore};
+use crate::store::{FAILURE_MEMORY_MS, UserStore};
 
 /// The users service, as the host runs it.
 #[derive(Debug, Clone, Copy)]
@@ -38,52 +32,31 @@ pub struct Users;
 
 #[async_trait]
 impl Service for Users {
-    fn name(&self) -> &'static str {
-        "users"
-    }
+    const MANIFEST: Manifest = Manifest {
+        secrets: &[GeneratedSecret::master_key("data_key")],
+        ..Manifest::new("users", 7002)
+    };
+    type Config = UsersConfig;
 
-    fn check_config(&self, section: &Figment) -> Result<String, ConfigError> {
-        Ok(render(&shopmesh_host::section::<UsersConfig>(section)?))
-    }
-
-    async fn start(&self, context: ServiceContext) -> anyhow::Result<Serve> {
-        let config: UsersConfig = context.config()?;
+    async fn start(&self, context: ServiceContext, config: UsersConfig) -> anyhow::Result<Serve> {
         let handler = Arc::new(open(&context, &config).await?);
         if context.mode == Mode::Embedded {
             ensure_first_admin(&handler, &config.first_admin_email).await?;
         }
-        Ok(Serve::Grpc(tonic::service::Routes::new(
-            UserServiceServer::from_arc(handler),
-        )))
+        Ok(Serve::grpc(UserServiceServer::from_arc(handler)))
     }
 }
 
-/// Opens the store, starts the outbox relay and builds the handler.
+/// Opens the store (its outbox relay running) and builds the handler.
 pub async fn open(context: &ServiceContext, config: &UsersConfig) -> anyhow::Result<UserHandler> {
     let vault = Vault::new(&context.master_key("data_key", &config.data_key)?);
-    let (store, relay): (Arc<dyn UserStore>, Relay) = match context.open_store(&MIGRATIONS).await? {
-        Store::Sqlite(db) => (
-            Arc::new(SqliteUsers(db.clone())),
-            Relay::new(Arc::new(SqliteOutbox(db)), context.events.clone()),
-        ),
-        Store::Cql(cql) => {
-            let users = CqlUsers::new(cql).await?;
-            let relay = Relay::new(users.outbox(), context.events.clone());
-            (Arc::new(users), relay)
-        }
-    };
-    let waker = relay.waker();
-    context.spawn(relay.run(context.shutdown.clone()));
-    let purging = store.clone();
-    context.spawn(every(
-        context.shutdown.clone(),
-        Duration::from_secs(3600),
+    let (store, waker) = context.repository::<dyn UserStore>().await?;
+    context.runtime.every(
         "purge login attempts",
-        move || {
-            let store = purging.clone();
-            async move { Ok(store.purge_attempts(now_ms() - FAILURE_MEMORY_MS).await?) }
-        },
-    ));
+        Duration::from_secs(3600),
+        store.clone(),
+        |store| async move { Ok(store.purge_attempts(now_ms() - FAILURE_MEMORY_MS).await?) },
+    );
     let hasher = Hasher::new(config.bcrypt_cost, config.hashing_concurrency).await?;
     let auth = context
         .peers

@@ -1,5 +1,3 @@
 //! `shopmesh-users`: the users service on its own (distributed mode).
 
-fn main() -> std::process::ExitCode {
-    shopmesh_host::service_main(&shopmesh_users::Users)
-}
+shopmesh_host::main!(shopmesh_users::Users);

@@ -466,12 +466,7 @@ impl UserService for UserHandler {
 }
 
 fn storage(error: StoreError) -> Error {
-    match error {
-        StoreError::Conflict => Error::aborted("CONCURRENT_UPDATE", "the account changed; retry"),
-        StoreError::NotFound => Error::not_found("USER_NOT_FOUND", "no such user"),
-        StoreError::Precondition(message) => Error::failed_precondition("PRECONDITION", message),
-        StoreError::Storage(error) => error.into(),
-    }
+    error.or_missing(|| Error::not_found("USER_NOT_FOUND", "no such user"))
 }
 
 fn to_proto(record: &UserRecord, profile: &Profile) -> Result<User> {

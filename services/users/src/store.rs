@@ -1,13 +1,20 @@
 //! Where users live: one repository contract, on SQLite and on CQL. Records hold personal data
 //! sealed (the service seals and opens it) and the e-mail only as a blind index.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use shopmesh_events::Event;
-use shopmesh_host::Migrations;
-use shopmesh_storage::Migration;
+use shopmesh_host::{Opened, Repository};
+use shopmesh_storage::cql::Cql;
+use shopmesh_storage::sqlite::Sqlite;
+use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
 use crate::config::ThrottleConfig;
+
+use self::cql::CqlUsers;
+use self::sqlite::SqliteUsers;
 
 pub mod cql;
 pub mod sqlite;
@@ -111,13 +118,24 @@ pub trait UserStore: Send + Sync + 'static {
     async fn purge_attempts(&self, before_ms: i64) -> Result<(), StoreError>;
 }
 
-/// The users schema on both backends.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: SQLITE,
-    cql: CQL,
-};
+/// The host opens the repository on either backend, with the outbox relay running.
+#[async_trait]
+impl Repository for dyn UserStore {
+    const SQLITE: &'static [Migration] = SQLITE;
+    const CQL: &'static [Migration] = CQL;
 
-const SQLITE: &[Migration] = &[
+    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
+        Ok(Opened::sqlite(Arc::new(SqliteUsers(db.clone())), db))
+    }
+
+    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
+        let users = CqlUsers::new(cql).await?;
+        Ok(Opened::cql(users.outbox(), Arc::new(users)))
+    }
+}
+
+/// The SQLite schema.
+pub const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
         name: "users",
@@ -149,7 +167,8 @@ const SQLITE: &[Migration] = &[
     },
 ];
 
-const CQL: &[Migration] = &[
+/// The CQL schema.
+pub const CQL: &[Migration] = &[
     Migration {
         version: 1,
         name: "users",

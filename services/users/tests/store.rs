@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use shopmesh_events::Event;
-use shopmesh_storage::contract_suite;
-use shopmesh_storage::testing::{self, TempSqlite};
+use shopmesh_testkit::contract_suite;
+use shopmesh_testkit::storage::{self as testing, TempSqlite};
 use shopmesh_users::config::ThrottleConfig;
 use shopmesh_users::store::cql::CqlUsers;
 use shopmesh_users::store::sqlite::SqliteUsers;
 use shopmesh_users::store::{
-    Attempt, FAILURE_MEMORY_MS, MIGRATIONS, StoreError, UserRecord, UserStore,
+    Attempt, CQL, FAILURE_MEMORY_MS, SQLITE, StoreError, UserRecord, UserStore,
 };
 use uuid::Uuid;
 
@@ -17,12 +17,12 @@ use uuid::Uuid;
 type Subject = (Arc<dyn UserStore>, Option<TempSqlite>);
 
 async fn sqlite_store() -> Option<Subject> {
-    let temp = testing::sqlite(MIGRATIONS.sqlite).await;
+    let temp = testing::sqlite(SQLITE).await;
     Some((Arc::new(SqliteUsers(temp.db.clone())), Some(temp)))
 }
 
 async fn cql_store() -> Option<Subject> {
-    let cql = testing::cql(MIGRATIONS.cql).await?;
+    let cql = testing::cql(CQL).await?;
     Some((Arc::new(CqlUsers::new(cql).await.unwrap()), None))
 }
 
