@@ -1,5 +1,7 @@
 //! `shopmesh-bench`: see `docs/benchmarking.md`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser as _;
 use shopmesh_bench::cli::{Cli, run};
 

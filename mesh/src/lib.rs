@@ -7,6 +7,8 @@
 //! forwards over mutual TLS to the sidecar of that endpoint's node, which checks the caller's
 //! identity against its allow-list and hands the call to the local service.
 
+#![forbid(unsafe_code)]
+
 pub mod balance;
 pub mod discovery;
 pub mod endpoint;

@@ -1,5 +1,7 @@
 //! `shopmesh-sidecar`: the mesh sidecar of one node.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser;

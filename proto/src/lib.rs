@@ -5,6 +5,8 @@
 //! encoded [`FILE_DESCRIPTOR_SET`] that the edge reads to transcode JSON, validate requests and
 //! generate OpenAPI. Nothing else in the workspace copies a proto.
 
+#![forbid(unsafe_code)]
+
 pub mod codec;
 pub mod validate;
 

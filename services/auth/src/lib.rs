@@ -5,40 +5,37 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod consumers;
+pub mod grpc;
+pub mod handler;
 pub mod keys;
 pub mod roles;
-pub mod service;
 pub mod store;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use prost::Message as _;
-use shopmesh_events::{Event, topics};
+use shopmesh_events::topics;
 use shopmesh_host::{
     AUTH, Calls, GeneratedSecret, Manifest, Serve, Service, ServiceContext, Subscription,
 };
-use shopmesh_kit::Error;
 use shopmesh_kit::clock::now_ms;
 use shopmesh_kit::crypto::Sealer;
 use shopmesh_proto::shopmesh::auth::v1::auth_service_server::AuthServiceServer;
-use shopmesh_proto::shopmesh::events::v1::{UserEvent, user_event};
 use shopmesh_proto::shopmesh::users::v1::user_service_client::UserServiceClient;
-use uuid::Uuid;
 
 pub use config::AuthConfig;
 
+use crate::consumers::{SESSIONS_SUBSCRIPTION, end_sessions};
+use crate::grpc::AuthApi;
+use crate::handler::AuthHandler;
 use crate::keys::{KeyRing, Timing};
-use crate::service::AuthHandler;
 use crate::store::AuthStore;
 
 /// How often expired refresh tokens are deleted, and how long after expiry: until then a
 /// presented token still reads as expired rather than unknown.
 const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 const PURGE_GRACE_MS: i64 = 24 * 3600 * 1000;
-
-/// The subscription on which auth learns that sessions must end.
-const SESSIONS_SUBSCRIPTION: &str = "auth-sessions";
 
 /// The auth service, as the host runs it.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +80,7 @@ impl Service for Auth {
             config.access_ttl,
             config.refresh_ttl,
         );
-        Ok(Serve::grpc(AuthServiceServer::new(handler)))
+        Ok(Serve::grpc(AuthServiceServer::new(AuthApi(handler))))
     }
 }
 
@@ -104,20 +101,6 @@ pub async fn open(
     };
     let keys = Arc::new(KeyRing::open(store.clone(), sealer, timing).await?);
     Ok((store, keys))
-}
-
-/// Revokes a user's sessions on `SessionsRevoked`. Revoking twice changes nothing, so a
-/// redelivered event needs no inbox.
-async fn end_sessions(store: Arc<dyn AuthStore>, event: Event) -> shopmesh_kit::Result<()> {
-    let event = UserEvent::decode(event.payload.as_slice())
-        .map_err(|e| Error::internal("undecodable user event", e))?;
-    if let Some(user_event::Payload::SessionsRevoked(revoked)) = event.payload {
-        let user = Uuid::parse_str(&event.user_id)
-            .map_err(|e| Error::internal("user event with a bad user id", e))?;
-        let count = store.revoke_user(user, now_ms()).await?;
-        tracing::info!(user_id = %user, reason = revoked.reason, revoked = count, "sessions ended");
-    }
-    Ok(())
 }
 
 /// Adds a signing key outside a running platform (`shopmesh auth rotate-keys`); running auth

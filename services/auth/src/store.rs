@@ -1,12 +1,7 @@
 //! What auth keeps: signing keys (private halves sealed) and refresh tokens (by hash only), on
 //! SQLite and on CQL behind one contract.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
-use shopmesh_host::{Opened, Repository};
-use shopmesh_storage::cql::Cql;
-use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
@@ -63,20 +58,8 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn purge_expired(&self, before_ms: i64) -> Result<(), StorageError>;
 }
 
-/// The host opens the repository on either backend, with the outbox relay running.
-#[async_trait]
-impl Repository for dyn AuthStore {
-    const SQLITE: &'static [Migration] = SQLITE;
-    const CQL: &'static [Migration] = CQL;
-
-    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::without_outbox(Arc::new(SqliteAuth(db))))
-    }
-
-    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::without_outbox(Arc::new(CqlAuth::new(cql).await?)))
-    }
-}
+// The host opens the repository on either backend, with its outbox relay running.
+shopmesh_host::repository!(dyn AuthStore, SqliteAuth, CqlAuth, SQLITE, CQL, without outbox);
 
 /// The SQLite schema.
 pub const SQLITE: &[Migration] = &[Migration {

@@ -5,22 +5,25 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod follow;
+pub mod grpc;
+pub mod handler;
 pub mod search;
 pub mod seed;
-pub mod service;
 pub mod stock;
 pub mod store;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use shopmesh_host::{Manifest, Mode, Replicas, Serve, Service, ServiceContext, Subscription};
+use shopmesh_host::{Manifest, Mode, Replicas, Serve, Service, ServiceContext};
 use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogServiceServer;
 
 pub use config::CatalogConfig;
 
+use crate::grpc::CatalogApi;
+use crate::handler::CatalogHandler;
 use crate::search::Search;
-use crate::service::CatalogHandler;
 use crate::store::CatalogStore;
 
 /// The catalog service, as the host runs it.
@@ -45,7 +48,7 @@ impl Service for Catalog {
             let products = seed::demo(&handler).await?;
             println!("  demo catalog   {products} products in 5 departments (first start only)");
         }
-        Ok(Serve::grpc(CatalogServiceServer::from_arc(handler)))
+        Ok(Serve::grpc(CatalogServiceServer::new(CatalogApi(handler))))
     }
 }
 
@@ -83,21 +86,7 @@ pub async fn open(
         locale,
         waker,
     ));
-    // Every replica follows every product change on a subscription of its own.
-    let subscription = format!("catalog-{}", config.replica);
-    context
-        .runtime
-        .consume(
-            Subscription::new(store::TOPIC, &subscription, "catalog-replica"),
-            (handler.clone(), search),
-            |(handler, search), event| async move {
-                if let Ok(product) = uuid::Uuid::parse_str(&event.key) {
-                    handler.forget(product).await;
-                }
-                search.apply(&event.payload).await
-            },
-        )
-        .await?;
+    crate::follow::products(handler.clone(), search, context, &config.replica).await?;
     Ok(handler)
 }
 

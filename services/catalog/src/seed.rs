@@ -12,7 +12,7 @@ use shopmesh_proto::shopmesh::common::v1::Money;
 use shopmesh_kit::clock::now_ms;
 use uuid::Uuid;
 
-use crate::service::CatalogHandler;
+use crate::handler::CatalogHandler;
 use crate::store::{CategoryRecord, ProductRecord, ProductText, StoreError};
 
 /// A word in English, German and French.

@@ -11,7 +11,7 @@ use shopmesh_kit::{Error, ErrorKind};
 use shopmesh_proto::shopmesh::events::v1::{OrderEvent, order_event};
 use uuid::Uuid;
 
-use crate::service::CatalogHandler;
+use crate::handler::CatalogHandler;
 use crate::store::Line;
 
 /// The catalog's one subscription to order events, shared by its replicas.

@@ -4,14 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shopmesh_events::Event;
-use shopmesh_host::{Opened, Repository};
-use shopmesh_storage::cql::Cql;
-use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
@@ -186,21 +181,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn commit(&self, order_id: Uuid, now_ms: i64) -> Result<Reservation, StoreError>;
 }
 
-/// The host opens the repository on either backend, with the outbox relay running.
-#[async_trait]
-impl Repository for dyn CatalogStore {
-    const SQLITE: &'static [Migration] = SQLITE;
-    const CQL: &'static [Migration] = CQL;
-
-    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::sqlite(Arc::new(SqliteCatalog(db.clone())), db))
-    }
-
-    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
-        let catalog = CqlCatalog::new(cql).await?;
-        Ok(Opened::cql(catalog.outbox(), Arc::new(catalog)))
-    }
-}
+// The host opens the repository on either backend, with its outbox relay running.
+shopmesh_host::repository!(dyn CatalogStore, SqliteCatalog, CqlCatalog, SQLITE, CQL);
 
 /// The SQLite schema.
 pub const SQLITE: &[Migration] = &[
@@ -241,11 +223,7 @@ pub const SQLITE: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::SQLITE_SCHEMA,
-    },
+    shopmesh_events::outbox::sqlite_migration(2),
 ];
 
 /// The CQL schema.
@@ -300,11 +278,7 @@ pub const CQL: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::CQL_SCHEMA,
-    },
+    shopmesh_events::outbox::cql_migration(2),
 ];
 
 /// The reservation state as stored.

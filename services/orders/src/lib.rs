@@ -5,8 +5,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod grpc;
+pub mod handler;
 pub mod saga;
-pub mod service;
 pub mod state;
 pub mod store;
 
@@ -21,7 +22,8 @@ use shopmesh_proto::shopmesh::orders::v1::order_service_server::OrderServiceServ
 
 pub use config::OrdersConfig;
 
-use crate::service::{OrderApi, OrderHandler};
+use crate::grpc::OrderApi;
+use crate::handler::OrderHandler;
 use crate::store::OrderStore;
 
 /// The orders service, as the host runs it.

@@ -11,7 +11,7 @@ use shopmesh_kit::{Error, ErrorKind};
 use shopmesh_proto::shopmesh::events::v1::{PaymentEvent, StockEvent, payment_event, stock_event};
 use uuid::Uuid;
 
-use crate::service::{Cause, OrderHandler};
+use crate::handler::{Cause, OrderHandler};
 use crate::state::Input;
 use crate::store::{PaymentFacts, Processed};
 

@@ -2,15 +2,10 @@
 //! document (lines, sealed address, payment, history) plus the columns queries need; every
 //! change is written over the version it was decided on, with its events.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use shopmesh_events::Event;
-use shopmesh_host::{Opened, Repository};
-use shopmesh_storage::cql::Cql;
-use shopmesh_storage::sqlite::Sqlite;
-use shopmesh_storage::{Migration, StorageError};
+use shopmesh_storage::Migration;
 use uuid::Uuid;
 
 use crate::state::{Machine, Status};
@@ -185,21 +180,8 @@ pub trait OrderStore: Send + Sync + 'static {
 /// Statuses that count as a purchase (reviews admits their buyers).
 pub const PURCHASED: [Status; 3] = [Status::Paid, Status::Shipped, Status::Delivered];
 
-/// The host opens the repository on either backend, with the outbox relay running.
-#[async_trait]
-impl Repository for dyn OrderStore {
-    const SQLITE: &'static [Migration] = SQLITE;
-    const CQL: &'static [Migration] = CQL;
-
-    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::sqlite(Arc::new(SqliteOrders(db.clone())), db))
-    }
-
-    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
-        let orders = CqlOrders::new(cql).await?;
-        Ok(Opened::cql(orders.outbox(), Arc::new(orders)))
-    }
-}
+// The host opens the repository on either backend, with its outbox relay running.
+shopmesh_host::repository!(dyn OrderStore, SqliteOrders, CqlOrders, SQLITE, CQL);
 
 /// The SQLite schema.
 pub const SQLITE: &[Migration] = &[
@@ -234,16 +216,8 @@ pub const SQLITE: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::SQLITE_SCHEMA,
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        statements: shopmesh_events::inbox::SQLITE_SCHEMA,
-    },
+    shopmesh_events::outbox::sqlite_migration(2),
+    shopmesh_events::inbox::sqlite_migration(3),
 ];
 
 /// The CQL schema.
@@ -284,16 +258,8 @@ pub const CQL: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::CQL_SCHEMA,
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        statements: shopmesh_events::inbox::CQL_SCHEMA,
-    },
+    shopmesh_events::outbox::cql_migration(2),
+    shopmesh_events::inbox::cql_migration(3),
 ];
 
 pub(crate) fn status_from(name: &str) -> Result<Status, StoreError> {

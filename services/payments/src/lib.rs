@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod consumers;
 pub mod gateway;
-pub mod service;
+pub mod grpc;
+pub mod handler;
 pub mod store;
 pub mod webhook;
 
@@ -27,11 +29,12 @@ use shopmesh_proto::shopmesh::payments::v1::payment_service_server::PaymentServi
 use tokio::sync::mpsc;
 
 pub use config::{GatewayKind, PaymentsConfig, StripeConfig};
-pub use service::PaymentHandler;
+pub use handler::PaymentHandler;
 
 use crate::gateway::PaymentGateway;
 use crate::gateway::sandbox::{Delivery, Sandbox};
 use crate::gateway::stripe::Stripe;
+use crate::grpc::PaymentApi;
 use crate::store::PaymentStore;
 
 /// The subscription on `shopmesh.orders` payments charges and refunds from.
@@ -78,7 +81,7 @@ impl Service for Payments {
             sweep_after: config.sweep_after,
         };
         let handler = assemble(&context.runtime, store, setup).await?;
-        Ok(Serve::grpc(PaymentServiceServer::from_arc(handler)))
+        Ok(Serve::grpc(PaymentServiceServer::new(PaymentApi(handler))))
     }
 }
 
@@ -146,7 +149,7 @@ pub async fn assemble(
         .consume(
             Subscription::new(topics::ORDERS, SUBSCRIPTION, SUBSCRIPTION),
             handler.clone(),
-            |handler, event| async move { handler.on_order_event(event).await },
+            |handler, event| async move { consumers::on_order_event(&handler, &event).await },
         )
         .await?;
     runtime.every(

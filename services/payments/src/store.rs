@@ -7,14 +7,9 @@
 //! synchronous answer and any number of duplicated or reordered webhooks together produce one
 //! event per outcome. Webhook event ids are remembered with the effect they caused.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use shopmesh_events::Event;
-use shopmesh_host::{Opened, Repository};
 use shopmesh_proto::shopmesh::payments::v1::PaymentProvider;
-use shopmesh_storage::cql::Cql;
-use shopmesh_storage::sqlite::Sqlite;
 use shopmesh_storage::{Migration, StorageError};
 use uuid::Uuid;
 
@@ -282,21 +277,8 @@ pub trait PaymentStore: Send + Sync + 'static {
     async fn sandbox_get(&self, id: &str) -> Result<Option<SandboxObject>, StoreError>;
 }
 
-/// The host opens the repository on either backend, with the outbox relay running.
-#[async_trait]
-impl Repository for dyn PaymentStore {
-    const SQLITE: &'static [Migration] = SQLITE;
-    const CQL: &'static [Migration] = CQL;
-
-    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::sqlite(Arc::new(SqlitePayments(db.clone())), db))
-    }
-
-    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
-        let payments = CqlPayments::new(cql).await?;
-        Ok(Opened::cql(payments.outbox(), Arc::new(payments)))
-    }
-}
+// The host opens the repository on either backend, with its outbox relay running.
+shopmesh_host::repository!(dyn PaymentStore, SqlitePayments, CqlPayments, SQLITE, CQL);
 
 /// The SQLite schema.
 pub const SQLITE: &[Migration] = &[
@@ -347,16 +329,8 @@ pub const SQLITE: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::SQLITE_SCHEMA,
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        statements: shopmesh_events::inbox::SQLITE_SCHEMA,
-    },
+    shopmesh_events::outbox::sqlite_migration(2),
+    shopmesh_events::inbox::sqlite_migration(3),
     Migration {
         version: 4,
         name: "payments by status",
@@ -428,16 +402,8 @@ pub const CQL: &[Migration] = &[
             CREATE TABLE IF NOT EXISTS sandbox_keys (idempotency_key text PRIMARY KEY, id text);
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::CQL_SCHEMA,
-    },
-    Migration {
-        version: 3,
-        name: "inbox",
-        statements: shopmesh_events::inbox::CQL_SCHEMA,
-    },
+    shopmesh_events::outbox::cql_migration(2),
+    shopmesh_events::inbox::cql_migration(3),
     // The processing payments, spread over a few partitions (see `store/cql.rs`). A row is only
     // a hint (the payment is read again before acting), so a deleted row coming back after a
     // short grace period does no harm, and tombstones go early.

@@ -10,11 +10,13 @@ use shopmesh_events::outbox::{OutboxStore, SqliteOutbox};
 use shopmesh_events::{Event, EventBus, SubscribeOptions, Subscriber, envelope, topics};
 use shopmesh_host::{Runtime, Store};
 use shopmesh_kit::{ErrorKind, Secret, Shutdown};
+use shopmesh_payments::consumers::on_order_event;
 use shopmesh_payments::gateway::sandbox::{Delivery, Sandbox};
 use shopmesh_payments::gateway::{
     IntentRequest, PaymentGateway, ProviderStatus, RefundRequest, RefundStatus, charge_key,
     refund_key,
 };
+use shopmesh_payments::grpc::PaymentApi;
 use shopmesh_payments::store::sqlite::SqlitePayments;
 use shopmesh_payments::store::{CQL, PaymentRecord, PaymentStore, SQLITE, Status};
 use shopmesh_payments::webhook::{self, TOLERANCE_SECS};
@@ -48,6 +50,13 @@ struct Running {
     temp: Option<TempSqlite>,
     shutdown: Shutdown,
     _bus: TestBus,
+}
+
+impl Running {
+    /// The service's gRPC face, over the same handler.
+    fn api(&self) -> PaymentApi {
+        PaymentApi(self.handler.clone())
+    }
 }
 
 impl Drop for Running {
@@ -395,7 +404,7 @@ async fn charged_once(service: Running) {
     }
 
     let listed = service
-        .handler
+        .api()
         .list_order_payments(tonic::Request::new(ListOrderPaymentsRequest {
             order_id: order_id.to_string(),
         }))
@@ -411,7 +420,7 @@ async fn charged_once(service: Running) {
     assert!(payment.provider_payment_id.starts_with("pi_sbx_"));
     assert_eq!(payment.payment_method, "pm_card_visa");
     let fetched = service
-        .handler
+        .api()
         .get_payment(tonic::Request::new(GetPaymentRequest {
             id: payment.id.clone(),
         }))
@@ -420,7 +429,7 @@ async fn charged_once(service: Running) {
         .into_inner();
     assert_eq!(&fetched, payment);
     let missing = service
-        .handler
+        .api()
         .get_payment(tonic::Request::new(GetPaymentRequest {
             id: Uuid::now_v7().to_string(),
         }))
@@ -504,7 +513,7 @@ async fn a_refund_request_refunds_the_payment_once() {
     assert!(next_event(&mut outcomes, QUIET).await.is_none());
 
     let payment = service
-        .handler
+        .api()
         .get_payment(tonic::Request::new(GetPaymentRequest {
             id: charged.payment_id.clone(),
         }))
@@ -608,7 +617,7 @@ async fn a_webhook_is_applied_once() {
         .metadata_mut()
         .insert("stripe-signature", delivery.signature.parse().unwrap());
     let answer = service
-        .handler
+        .api()
         .handle_stripe_webhook(request)
         .await
         .unwrap()
@@ -678,7 +687,7 @@ async fn a_bad_or_stale_signature_changes_nothing() {
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     // Through gRPC, a missing header is INVALID_ARGUMENT (the edge answers 400).
     let status = service
-        .handler
+        .api()
         .handle_stripe_webhook(tonic::Request::new(HttpBody {
             content_type: "application/json".into(),
             data: delivery.body.clone(),
@@ -777,8 +786,7 @@ async fn webhooks_out_of_order_have_one_effect_each() {
         Arc::default(),
     );
     let order_id = Uuid::now_v7();
-    handler
-        .on_order_event(payment_requested(order_id, "pm_card_visa", 1))
+    on_order_event(&handler, &payment_requested(order_id, "pm_card_visa", 1))
         .await
         .unwrap();
     let payment_id = store.order_payments(order_id).await.unwrap()[0].id;
@@ -790,8 +798,7 @@ async fn webhooks_out_of_order_have_one_effect_each() {
         }),
         reason: "cancelled by the customer".into(),
     });
-    handler
-        .on_order_event(order_event(order_id, refund))
+    on_order_event(&handler, &order_event(order_id, refund))
         .await
         .unwrap();
     let succeeded = deliveries.try_recv().unwrap();

@@ -5,9 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod grpc;
+pub mod handler;
 pub mod password;
 pub mod profile;
-pub mod service;
 pub mod store;
 
 use std::sync::Arc;
@@ -21,9 +22,10 @@ use shopmesh_proto::shopmesh::users::v1::user_service_server::UserServiceServer;
 
 pub use config::UsersConfig;
 
+use crate::grpc::UserApi;
+use crate::handler::{Registration, UserHandler};
 use crate::password::Hasher;
 use crate::profile::Vault;
-use crate::service::{Registration, UserHandler};
 use crate::store::{FAILURE_MEMORY_MS, UserStore};
 
 /// The users service, as the host runs it.
@@ -43,7 +45,7 @@ impl Service for Users {
         if context.mode == Mode::Embedded {
             ensure_first_admin(&handler, &config.first_admin_email).await?;
         }
-        Ok(Serve::grpc(UserServiceServer::from_arc(handler)))
+        Ok(Serve::grpc(UserServiceServer::new(UserApi(handler))))
     }
 }
 

@@ -1,14 +1,9 @@
 //! Where users live: one repository contract, on SQLite and on CQL. Records hold personal data
 //! sealed (the service seals and opens it) and the e-mail only as a blind index.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use shopmesh_events::Event;
-use shopmesh_host::{Opened, Repository};
-use shopmesh_storage::cql::Cql;
-use shopmesh_storage::sqlite::Sqlite;
-use shopmesh_storage::{Migration, StorageError};
+use shopmesh_storage::Migration;
 use uuid::Uuid;
 
 use crate::config::ThrottleConfig;
@@ -118,21 +113,8 @@ pub trait UserStore: Send + Sync + 'static {
     async fn purge_attempts(&self, before_ms: i64) -> Result<(), StoreError>;
 }
 
-/// The host opens the repository on either backend, with the outbox relay running.
-#[async_trait]
-impl Repository for dyn UserStore {
-    const SQLITE: &'static [Migration] = SQLITE;
-    const CQL: &'static [Migration] = CQL;
-
-    async fn on_sqlite(db: Sqlite) -> Result<Opened<Self>, StorageError> {
-        Ok(Opened::sqlite(Arc::new(SqliteUsers(db.clone())), db))
-    }
-
-    async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError> {
-        let users = CqlUsers::new(cql).await?;
-        Ok(Opened::cql(users.outbox(), Arc::new(users)))
-    }
-}
+// The host opens the repository on either backend, with its outbox relay running.
+shopmesh_host::repository!(dyn UserStore, SqliteUsers, CqlUsers, SQLITE, CQL);
 
 /// The SQLite schema.
 pub const SQLITE: &[Migration] = &[
@@ -160,11 +142,7 @@ pub const SQLITE: &[Migration] = &[
             );
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::SQLITE_SCHEMA,
-    },
+    shopmesh_events::outbox::sqlite_migration(2),
 ];
 
 /// The CQL schema.
@@ -200,9 +178,5 @@ pub const CQL: &[Migration] = &[
             ) WITH default_time_to_live = 86400;
         ",
     },
-    Migration {
-        version: 2,
-        name: "outbox",
-        statements: shopmesh_events::outbox::CQL_SCHEMA,
-    },
+    shopmesh_events::outbox::cql_migration(2),
 ];

@@ -13,3 +13,21 @@ pub mod sqlite;
 
 pub use cql::{CQL_SCHEMA, Claim, CqlInbox};
 pub use sqlite::{SQLITE_SCHEMA, first_delivery};
+
+/// The inbox table as migration `version` of a service's SQLite schema.
+pub const fn sqlite_migration(version: u32) -> shopmesh_storage::Migration {
+    shopmesh_storage::Migration {
+        version,
+        name: "inbox",
+        statements: SQLITE_SCHEMA,
+    }
+}
+
+/// The inbox table as migration `version` of a service's CQL schema.
+pub const fn cql_migration(version: u32) -> shopmesh_storage::Migration {
+    shopmesh_storage::Migration {
+        version,
+        name: "inbox",
+        statements: CQL_SCHEMA,
+    }
+}

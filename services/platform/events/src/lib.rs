@@ -44,6 +44,21 @@ pub fn envelope(event: &Event, producer: &str) -> shopmesh_proto::shopmesh::even
     }
 }
 
+impl Event {
+    /// An event of `kind` for aggregate `key`, whose payload is the message `payload` builds
+    /// around this very event's envelope (see [`envelope`]).
+    pub fn enveloped<M: prost::Message>(
+        key: impl Into<String>,
+        kind: &str,
+        producer: &str,
+        payload: impl FnOnce(shopmesh_proto::shopmesh::events::v1::EventMeta) -> M,
+    ) -> Self {
+        let mut event = Self::new(key, kind, Vec::new());
+        event.payload = payload(envelope(&event, producer)).encode_to_vec();
+        event
+    }
+}
+
 /// Largest event payload accepted, well under Pulsar's 5 MB frame.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 

@@ -18,6 +18,24 @@ pub mod sqlite;
 pub use cql::{CQL_SCHEMA, CqlOutbox, OutboxRow};
 pub use sqlite::{SQLITE_SCHEMA, SqliteOutbox, enqueue};
 
+/// The outbox table as migration `version` of a service's SQLite schema.
+pub const fn sqlite_migration(version: u32) -> shopmesh_storage::Migration {
+    shopmesh_storage::Migration {
+        version,
+        name: "outbox",
+        statements: SQLITE_SCHEMA,
+    }
+}
+
+/// The outbox table as migration `version` of a service's CQL schema.
+pub const fn cql_migration(version: u32) -> shopmesh_storage::Migration {
+    shopmesh_storage::Migration {
+        version,
+        name: "outbox",
+        statements: CQL_SCHEMA,
+    }
+}
+
 /// Events relayed per round.
 const BATCH: usize = 100;
 /// How often an idle relay looks for events written without a wake-up (e.g. by another process).

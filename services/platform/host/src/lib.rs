@@ -32,6 +32,12 @@ pub use manifest::{AUTH, Calls, GeneratedSecret, Manifest, Protocol, Replicas, S
 pub use mimalloc;
 pub use runtime::{Opened, Repository, Runtime, Store, Subscription, Waker};
 pub use service::{Hosted, Mode, Peers, Serve, Service, ServiceContext, section};
+/// For [`repository!`].
+#[doc(hidden)]
+pub use {
+    async_trait::async_trait,
+    shopmesh_storage::{Migration, StorageError, cql::Cql, sqlite::Sqlite},
+};
 
 /// The `main` of a `shopmesh-<service>` binary: [`service_main`] for the given service, and
 /// the binary's global allocator. Hosting processes allocate through mimalloc: a proxied

@@ -189,6 +189,52 @@ pub trait Repository: Send + Sync + 'static {
     async fn on_cql(cql: Cql) -> Result<Opened<Self>, StorageError>;
 }
 
+/// Implements [`Repository`] for the usual shape of a service's store: a SQLite backend that is
+/// a newtype over [`Sqlite`] and writes its events to the outbox table of the same database, and
+/// a CQL backend built by `new(Cql)` that names the outbox its batches write to with `outbox()`.
+/// `without outbox` declares a store whose writes emit no events.
+///
+/// ```ignore
+/// shopmesh_host::repository!(dyn OrderStore, SqliteOrders, CqlOrders, SQLITE, CQL);
+/// shopmesh_host::repository!(dyn AuthStore, SqliteAuth, CqlAuth, SQLITE, CQL, without outbox);
+/// ```
+#[macro_export]
+macro_rules! repository {
+    (dyn $store:path, $sqlite:ident, $cql:ident, $sqlite_schema:expr, $cql_schema:expr) => {
+        $crate::repository!(@impl $store, $sqlite_schema, $cql_schema,
+            |db| $crate::Opened::sqlite(::std::sync::Arc::new($sqlite(db.clone())), db),
+            |cql| {
+                let store = $cql::new(cql).await?;
+                $crate::Opened::cql(store.outbox(), ::std::sync::Arc::new(store))
+            });
+    };
+    (dyn $store:path, $sqlite:ident, $cql:ident, $sqlite_schema:expr, $cql_schema:expr, without outbox) => {
+        $crate::repository!(@impl $store, $sqlite_schema, $cql_schema,
+            |db| $crate::Opened::without_outbox(::std::sync::Arc::new($sqlite(db))),
+            |cql| $crate::Opened::without_outbox(::std::sync::Arc::new($cql::new(cql).await?)));
+    };
+    (@impl $store:path, $sqlite_schema:expr, $cql_schema:expr,
+        |$db:ident| $on_sqlite:expr, |$c:ident| $on_cql:expr) => {
+        #[$crate::async_trait]
+        impl $crate::Repository for dyn $store {
+            const SQLITE: &'static [$crate::Migration] = $sqlite_schema;
+            const CQL: &'static [$crate::Migration] = $cql_schema;
+
+            async fn on_sqlite(
+                $db: $crate::Sqlite,
+            ) -> ::std::result::Result<$crate::Opened<Self>, $crate::StorageError> {
+                Ok($on_sqlite)
+            }
+
+            async fn on_cql(
+                $c: $crate::Cql,
+            ) -> ::std::result::Result<$crate::Opened<Self>, $crate::StorageError> {
+                Ok($on_cql)
+            }
+        }
+    };
+}
+
 /// A built repository and the outbox its relay publishes, if it writes events.
 pub struct Opened<R: ?Sized> {
     pub store: Arc<R>,

@@ -1,19 +1,18 @@
-//! The `CatalogService` gRPC handlers. Requests arrive validated and access-checked; handlers
-//! add what only the catalog knows (category trees, locales, stock).
+//! The catalog's domain: [`CatalogHandler`] and what it checks, changes, writes and announces
+//! for categories, products and stock, free of transport (`grpc` is its gRPC face; `stock` and
+//! `follow` feed it events). Requests arrive validated and access-checked; the handler adds what
+//! only the catalog knows (category trees, locales, stock). Callers pass the caller's accepted
+//! locales, best first, where a view is translated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prost::Message as _;
-use shopmesh_events::{Event, envelope};
+use shopmesh_events::Event;
 use shopmesh_kit::clock::{now_ms, timestamp};
 use shopmesh_kit::{Error, Result, locale, paging};
-use shopmesh_proto::shopmesh::catalog::v1::catalog_service_server::CatalogService;
 use shopmesh_proto::shopmesh::catalog::v1::{
-    AttributeFacet, Category, CommitStockRequest, CreateCategoryRequest, CreateProductRequest,
-    DeleteCategoryRequest, DeleteCategoryResponse, DeleteProductRequest, DeleteProductResponse,
-    FacetCount, GetProductRequest, GetProductsForOrderRequest, GetProductsForOrderResponse,
-    ListCategoriesRequest, ListCategoriesResponse, ListProductsRequest, ListProductsResponse,
+    AttributeFacet, Category, CreateCategoryRequest, CreateProductRequest, FacetCount,
+    GetProductsForOrderResponse, ListCategoriesResponse, ListProductsRequest, ListProductsResponse,
     OrderableProduct, PriceBucket, Product, ProductSummary, ProductTranslation,
     ReleaseStockRequest, ReserveStockRequest, SearchFacets, SearchProductsRequest,
     SearchProductsResponse, SearchSort, StockLine, StockReservation, StockReservationState,
@@ -25,7 +24,6 @@ use shopmesh_proto::shopmesh::events::v1::{
     StockReserved, product_event, stock_event,
 };
 use tokio::sync::Notify;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use shopmesh_search::{SearchQuery, Sort};
@@ -334,15 +332,9 @@ impl CatalogHandler {
             Err(other) => Err(Error::from(other)),
         }
     }
-}
 
-#[tonic::async_trait]
-impl CatalogService for CatalogHandler {
-    async fn list_categories(
-        &self,
-        request: Request<ListCategoriesRequest>,
-    ) -> std::result::Result<Response<ListCategoriesResponse>, Status> {
-        let accepted = locale::accepted(request.metadata());
+    /// Every category, parents before their children, named in the best of `accepted`.
+    pub async fn list_categories(&self, accepted: &[String]) -> Result<ListCategoriesResponse> {
         let mut categories = self.store.categories().await.map_err(Error::from)?;
         // Parents before their children: by depth, then as stored (position, name).
         let depth = |category: &CategoryRecord| {
@@ -363,20 +355,21 @@ impl CatalogService for CatalogHandler {
         let mut order: Vec<usize> = (0..categories.len()).collect();
         order.sort_by_key(|&i| depths[i]);
         categories = order.into_iter().map(|i| categories[i].clone()).collect();
-        Ok(Response::new(ListCategoriesResponse {
+        Ok(ListCategoriesResponse {
             categories: categories
                 .iter()
-                .map(|c| self.category_view(c, &accepted))
+                .map(|c| self.category_view(c, accepted))
                 .collect(),
-        }))
+        })
     }
 
-    async fn list_products(
+    /// A page of products in creation order, optionally of one category and those below it;
+    /// a listing carries no translations.
+    pub async fn list_products(
         &self,
-        request: Request<ListProductsRequest>,
-    ) -> std::result::Result<Response<ListProductsResponse>, Status> {
-        let accepted = locale::accepted(request.metadata());
-        let request = request.into_inner();
+        request: ListProductsRequest,
+        accepted: &[String],
+    ) -> Result<ListProductsResponse> {
         let categories = match optional_id("category", &request.category)? {
             Some(category) => Some(self.subtree(category).await?),
             None => None,
@@ -400,40 +393,38 @@ impl CatalogService for CatalogHandler {
             Some(last) if more => paging::encode((last.created_at_ms, last.id)),
             _ => String::new(),
         };
-        Ok(Response::new(ListProductsResponse {
+        Ok(ListProductsResponse {
             products: records
                 .iter()
                 .map(|record| {
-                    let mut product = self.view(record, &accepted);
+                    let mut product = self.view(record, accepted);
                     product.translations.clear();
                     product
                 })
                 .collect(),
             next_page_token,
-        }))
+        })
     }
 
-    async fn get_product(
-        &self,
-        request: Request<GetProductRequest>,
-    ) -> std::result::Result<Response<Product>, Status> {
-        let accepted = locale::accepted(request.metadata());
-        let record = self.cached(&request.into_inner().id).await?;
-        Ok(Response::new(self.view(&record, &accepted)))
+    /// One product, read through the detail cache, in the best of `accepted`.
+    pub async fn product(&self, id: &str, accepted: &[String]) -> Result<Product> {
+        let record = self.cached(id).await?;
+        Ok(self.view(&record, accepted))
     }
 
-    async fn search_products(
+    /// Full-text search with facets on this replica's index; `accepted`'s first locale picks
+    /// the language searched.
+    pub async fn search_products(
         &self,
-        request: Request<SearchProductsRequest>,
-    ) -> std::result::Result<Response<SearchProductsResponse>, Status> {
+        request: SearchProductsRequest,
+        accepted: &[String],
+    ) -> Result<SearchProductsResponse> {
         let search = self.search.as_ref().ok_or_else(|| {
             Error::unavailable(
                 "SEARCH_UNAVAILABLE",
                 "this catalog process has no search index",
             )
         })?;
-        let accepted = locale::accepted(request.metadata());
-        let request = request.into_inner();
         let sort = match SearchSort::try_from(request.sort).unwrap_or_default() {
             SearchSort::PriceAsc => Sort::PriceAsc,
             SearchSort::PriceDesc => Sort::PriceDesc,
@@ -466,7 +457,7 @@ impl CatalogService for CatalogHandler {
                 .iter()
                 .map(|(id, n)| FacetCount {
                     value: id.clone(),
-                    label: search.category_label(id, &accepted),
+                    label: search.category_label(id, accepted),
                     count: count(*n),
                 })
                 .collect(),
@@ -497,7 +488,7 @@ impl CatalogService for CatalogHandler {
                 })
                 .collect(),
         };
-        Ok(Response::new(SearchProductsResponse {
+        Ok(SearchProductsResponse {
             results: results
                 .hits
                 .into_iter()
@@ -520,21 +511,11 @@ impl CatalogService for CatalogHandler {
             facets: Some(facets),
             total: count(results.total),
             next_page_token: results.next_page_token.unwrap_or_default(),
-        }))
+        })
     }
 
-    async fn create_product(
-        &self,
-        request: Request<CreateProductRequest>,
-    ) -> std::result::Result<Response<Product>, Status> {
-        Ok(Response::new(self.create(request.into_inner()).await?))
-    }
-
-    async fn update_product(
-        &self,
-        request: Request<UpdateProductRequest>,
-    ) -> std::result::Result<Response<Product>, Status> {
-        let request = request.into_inner();
+    /// Changes the fields the update mask names, retrying over concurrent changes.
+    pub async fn update_product(&self, request: UpdateProductRequest) -> Result<Product> {
         let update = request.product.unwrap_or_default();
         let mask = request.update_mask.map(|m| m.paths).unwrap_or_default();
         for _ in 0..5 {
@@ -570,8 +551,7 @@ impl CatalogService for CatalogHandler {
                         return Err(Error::invalid_field(
                             "update_mask",
                             format!("`{other}` cannot be changed"),
-                        )
-                        .into());
+                        ));
                     }
                 }
             }
@@ -587,7 +567,7 @@ impl CatalogService for CatalogHandler {
                     // This replica answers with the change at once; the event tells the others.
                     self.forget(record.id).await;
                     self.relay.notify_one();
-                    return Ok(Response::new(self.view(&record, &[])));
+                    return Ok(self.view(&record, &[]));
                 }
                 Err(StoreError::Conflict) if previous_sku != record.sku => {
                     // Either the new SKU is taken or the product changed; a re-read tells.
@@ -596,24 +576,23 @@ impl CatalogService for CatalogHandler {
                         return Err(Error::already_exists(
                             "SKU_TAKEN",
                             "a product with this SKU exists",
-                        )
-                        .into());
+                        ));
                     }
                 }
                 Err(StoreError::Conflict) => {}
-                Err(other) => return Err(Error::from(other).into()),
+                Err(other) => return Err(Error::from(other)),
             }
         }
-        Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
+        Err(Error::aborted(
+            "CONCURRENT_UPDATE",
+            "the product kept changing; retry",
+        ))
     }
 
-    async fn delete_product(
-        &self,
-        request: Request<DeleteProductRequest>,
-    ) -> std::result::Result<Response<DeleteProductResponse>, Status> {
-        let id = request.into_inner().id;
+    /// Deletes a product, with its event, retrying over concurrent changes.
+    pub async fn delete_product(&self, id: &str) -> Result<()> {
         for _ in 0..5 {
-            let record = self.product_record(&id).await?;
+            let record = self.product_record(id).await?;
             let event = product_event(
                 record.id,
                 record.version + 1,
@@ -623,29 +602,20 @@ impl CatalogService for CatalogHandler {
                 Ok(()) => {
                     self.forget(record.id).await;
                     self.relay.notify_one();
-                    return Ok(Response::new(DeleteProductResponse {}));
+                    return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(other) => return Err(Error::from(other).into()),
+                Err(other) => return Err(Error::from(other)),
             }
         }
-        Err(Error::aborted("CONCURRENT_UPDATE", "the product kept changing; retry").into())
-    }
-
-    async fn create_category(
-        &self,
-        request: Request<CreateCategoryRequest>,
-    ) -> std::result::Result<Response<Category>, Status> {
-        Ok(Response::new(
-            self.create_category_record(request.into_inner()).await?,
+        Err(Error::aborted(
+            "CONCURRENT_UPDATE",
+            "the product kept changing; retry",
         ))
     }
 
-    async fn update_category(
-        &self,
-        request: Request<UpdateCategoryRequest>,
-    ) -> std::result::Result<Response<Category>, Status> {
-        let request = request.into_inner();
+    /// Changes the fields the update mask names; a category cannot move below itself.
+    pub async fn update_category(&self, request: UpdateCategoryRequest) -> Result<Category> {
         let id = Error::parse_id("id", &request.id)?;
         let update = request.category.unwrap_or_default();
         let mut record = self
@@ -666,8 +636,7 @@ impl CatalogService for CatalogHandler {
                         return Err(Error::failed_precondition(
                             "CATEGORY_CYCLE",
                             "a category cannot move below itself",
-                        )
-                        .into());
+                        ));
                     }
                     record.parent_id = parent;
                 }
@@ -681,37 +650,36 @@ impl CatalogService for CatalogHandler {
                     return Err(Error::invalid_field(
                         "update_mask",
                         format!("`{other}` cannot be changed"),
-                    )
-                    .into());
+                    ));
                 }
             }
         }
         match self.store.update_category(&record).await {
-            Ok(()) => Ok(Response::new(self.category_view(&record, &[]))),
-            Err(StoreError::Conflict) => {
-                Err(Error::already_exists("SLUG_TAKEN", "a category with this slug exists").into())
-            }
-            Err(other) => Err(Error::from(other).into()),
+            Ok(()) => Ok(self.category_view(&record, &[])),
+            Err(StoreError::Conflict) => Err(Error::already_exists(
+                "SLUG_TAKEN",
+                "a category with this slug exists",
+            )),
+            Err(other) => Err(Error::from(other)),
         }
     }
 
-    async fn delete_category(
-        &self,
-        request: Request<DeleteCategoryRequest>,
-    ) -> std::result::Result<Response<DeleteCategoryResponse>, Status> {
-        let id = Error::parse_id("id", &request.into_inner().id)?;
-        self.store.delete_category(id).await.map_err(Error::from)?;
-        Ok(Response::new(DeleteCategoryResponse {}))
+    /// Deletes a category; the store refuses one that still has children or products.
+    pub async fn delete_category(&self, id: &str) -> Result<()> {
+        let id = Error::parse_id("id", id)?;
+        self.store.delete_category(id).await.map_err(Error::from)
     }
 
-    async fn get_products_for_order(
+    /// What orders needs to price an order: each product found, in the best of `accepted`,
+    /// and the ids of those that are not.
+    pub async fn products_for_order(
         &self,
-        request: Request<GetProductsForOrderRequest>,
-    ) -> std::result::Result<Response<GetProductsForOrderResponse>, Status> {
-        let accepted = locale::accepted(request.metadata());
+        product_ids: Vec<String>,
+        accepted: &[String],
+    ) -> Result<GetProductsForOrderResponse> {
         let mut products = Vec::new();
         let mut missing_product_ids = Vec::new();
-        for id in request.into_inner().product_ids {
+        for id in product_ids {
             let found = self
                 .store
                 .product(Error::parse_id("product_ids", &id)?)
@@ -719,7 +687,7 @@ impl CatalogService for CatalogHandler {
                 .map_err(Error::from)?;
             match found {
                 Some(record) => {
-                    let view = self.view(&record, &accepted);
+                    let view = self.view(&record, accepted);
                     products.push(OrderableProduct {
                         product_id: view.id,
                         sku: view.sku,
@@ -731,23 +699,20 @@ impl CatalogService for CatalogHandler {
                 None => missing_product_ids.push(id),
             }
         }
-        Ok(Response::new(GetProductsForOrderResponse {
+        Ok(GetProductsForOrderResponse {
             products,
             missing_product_ids,
-        }))
+        })
     }
 
-    async fn reserve_stock(
-        &self,
-        request: Request<ReserveStockRequest>,
-    ) -> std::result::Result<Response<StockReservation>, Status> {
-        let request = request.into_inner();
+    /// The `ReserveStock` request: one line per product, then [`CatalogHandler::reserve`].
+    pub async fn reserve_stock(&self, request: ReserveStockRequest) -> Result<StockReservation> {
         let order_id = Error::parse_id("order_id", &request.order_id)?;
         let mut lines: BTreeMap<Uuid, i32> = BTreeMap::new();
         for item in request.items {
             let product_id = Error::parse_id("items.product_id", &item.product_id)?;
             if lines.insert(product_id, item.quantity).is_some() {
-                return Err(Error::invalid_field("items", "one line per product").into());
+                return Err(Error::invalid_field("items", "one line per product"));
             }
         }
         let lines: Vec<Line> = lines
@@ -758,27 +723,22 @@ impl CatalogService for CatalogHandler {
             })
             .collect();
         let reservation = self.reserve(order_id, &lines).await?;
-        Ok(Response::new(reservation_view(&reservation)))
+        Ok(reservation_view(&reservation))
     }
 
-    async fn release_stock(
-        &self,
-        request: Request<ReleaseStockRequest>,
-    ) -> std::result::Result<Response<StockReservation>, Status> {
-        let request = request.into_inner();
+    /// The `ReleaseStock` request: [`CatalogHandler::release`], its reason logged.
+    pub async fn release_stock(&self, request: ReleaseStockRequest) -> Result<StockReservation> {
         let order_id = Error::parse_id("order_id", &request.order_id)?;
         let reservation = self.release(order_id).await?;
         tracing::info!(order_id = %order_id, reason = request.reason, "stock released");
-        Ok(Response::new(reservation_view(&reservation)))
+        Ok(reservation_view(&reservation))
     }
 
-    async fn commit_stock(
-        &self,
-        request: Request<CommitStockRequest>,
-    ) -> std::result::Result<Response<StockReservation>, Status> {
-        let order_id = Error::parse_id("order_id", &request.into_inner().order_id)?;
+    /// The `CommitStock` request: [`CatalogHandler::commit`].
+    pub async fn commit_stock(&self, order_id: &str) -> Result<StockReservation> {
+        let order_id = Error::parse_id("order_id", order_id)?;
         let reservation = self.commit(order_id).await?;
-        Ok(Response::new(reservation_view(&reservation)))
+        Ok(reservation_view(&reservation))
     }
 }
 
@@ -793,14 +753,13 @@ fn stock_event(reservation: &Reservation) -> Event {
         stock_event::Payload::Reserved(StockReserved { items: view.items })
     };
     let key = reservation.order_id.to_string();
-    let mut event = Event::new(key.clone(), STOCK_EVENT_KIND, Vec::new());
-    event.payload = StockEvent {
-        meta: Some(envelope(&event, "catalog")),
-        order_id: key,
-        payload: Some(payload),
-    }
-    .encode_to_vec();
-    event
+    Event::enveloped(key.clone(), STOCK_EVENT_KIND, "catalog", |meta| {
+        StockEvent {
+            meta: Some(meta),
+            order_id: key,
+            payload: Some(payload),
+        }
+    })
 }
 
 fn reservation_view(reservation: &Reservation) -> StockReservation {
@@ -852,13 +811,12 @@ fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
 
 /// A product event, its envelope filled from the event itself.
 fn product_event(product: Uuid, version: i64, payload: product_event::Payload) -> Event {
-    let mut event = Event::new(product.to_string(), EVENT_KIND, Vec::new());
-    event.payload = ProductEvent {
-        meta: Some(envelope(&event, "catalog")),
-        product_id: product.to_string(),
-        version,
-        payload: Some(payload),
-    }
-    .encode_to_vec();
-    event
+    Event::enveloped(product.to_string(), EVENT_KIND, "catalog", |meta| {
+        ProductEvent {
+            meta: Some(meta),
+            product_id: product.to_string(),
+            version,
+            payload: Some(payload),
+        }
+    })
 }

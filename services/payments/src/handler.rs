@@ -1,4 +1,6 @@
-//! The `PaymentService` handlers and the consumer of order events. Requests arrive validated and
+//! The payments domain: [`PaymentHandler`] charges, refunds, settles, sweeps and reads payments,
+//! and handles webhook deliveries once they are out of their envelope, free of transport
+//! (`grpc` is its gRPC face; `consumers` feeds it order events). Requests arrive validated and
 //! access-checked.
 //!
 //! Every outcome goes through [`PaymentHandler::settle`] (or [`PaymentHandler::settle_refund`]),
@@ -9,23 +11,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
-use shopmesh_events::{Event, envelope};
+use shopmesh_events::Event;
 use shopmesh_kit::clock::{now_ms, timestamp};
 use shopmesh_kit::{Error, Result, Secret};
-use shopmesh_proto::google::api::HttpBody;
 use shopmesh_proto::shopmesh::common::v1::Money;
 use shopmesh_proto::shopmesh::events::v1::{
     OrderEvent, PaymentEvent, PaymentFailed, PaymentRequested, PaymentSucceeded, RefundFailed,
-    RefundRequested, Refunded, order_event, payment_event,
+    RefundRequested, Refunded, payment_event,
 };
-use shopmesh_proto::shopmesh::payments::v1::payment_service_server::PaymentService;
 use shopmesh_proto::shopmesh::payments::v1::{
-    GetPaymentRequest, HandleStripeWebhookResponse, ListOrderPaymentsRequest,
-    ListOrderPaymentsResponse, Payment, PaymentStatus, Refund, RefundStatus as RefundView,
+    HandleStripeWebhookResponse, ListOrderPaymentsResponse, Payment, PaymentStatus, Refund,
+    RefundStatus as RefundView,
 };
 use tokio::sync::Notify;
-use tonic::{Request, Response, Status as GrpcStatus};
 use uuid::Uuid;
 
 use crate::gateway::{
@@ -47,8 +45,6 @@ pub const SWEEP_BATCH: usize = 100;
 /// A charge call is repeated with its idempotency key only within this age: Stripe forgets a
 /// key after 24 hours, and a repeat after that could charge again.
 const REPEAT_WINDOW_MS: i64 = 23 * 3600 * 1000;
-/// The gRPC metadata entry the edge puts the `Stripe-Signature` header in.
-pub const SIGNATURE_METADATA: &str = "stripe-signature";
 
 pub struct PaymentHandler {
     store: Arc<dyn PaymentStore>,
@@ -86,22 +82,6 @@ impl PaymentHandler {
 
     pub fn store(&self) -> &Arc<dyn PaymentStore> {
         &self.store
-    }
-
-    /// Handles one event of `shopmesh.orders`: charges on `PaymentRequested`, refunds on
-    /// `RefundRequested`, ignores the rest. An `Err` is redelivered after a back-off.
-    pub async fn on_order_event(&self, event: Event) -> Result<()> {
-        let order = OrderEvent::decode(event.payload.as_slice())
-            .map_err(|e| Error::internal("undecodable order event", e))?;
-        match &order.payload {
-            Some(order_event::Payload::PaymentRequested(requested)) => {
-                self.charge(&order, requested).await.map(|_| ())
-            }
-            Some(order_event::Payload::RefundRequested(requested)) => {
-                self.refund(&order, requested).await
-            }
-            _ => Ok(()),
-        }
     }
 
     /// Charges an order once per attempt: the payment row is unique by (order, attempt) and the
@@ -743,50 +723,21 @@ impl PaymentHandler {
         Ok(false)
     }
 
-    /// A payment as the API shows it, with its refunds.
-    async fn view(&self, payment: &PaymentRecord) -> Result<Payment> {
-        let refunds = self.store.refunds(payment.id).await.map_err(Error::from)?;
-        Ok(payment_view(payment, &refunds))
-    }
-}
-
-#[tonic::async_trait]
-impl PaymentService for PaymentHandler {
-    async fn handle_stripe_webhook(
-        &self,
-        request: Request<HttpBody>,
-    ) -> std::result::Result<Response<HandleStripeWebhookResponse>, GrpcStatus> {
-        let signature = request
-            .metadata()
-            .get(SIGNATURE_METADATA)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        let body = request.into_inner().data;
-        Ok(Response::new(
-            self.webhook(&body, signature.as_deref()).await?,
-        ))
-    }
-
-    async fn get_payment(
-        &self,
-        request: Request<GetPaymentRequest>,
-    ) -> std::result::Result<Response<Payment>, GrpcStatus> {
-        let id = Uuid::parse_str(&request.get_ref().id)
-            .map_err(|_| Error::invalid_field("id", "must be a UUID"))?;
+    /// One payment, with its refunds.
+    pub async fn payment(&self, id: &str) -> Result<Payment> {
+        let id = Uuid::parse_str(id).map_err(|_| Error::invalid_field("id", "must be a UUID"))?;
         let payment = self
             .store
             .payment(id)
             .await
             .map_err(Error::from)?
             .ok_or_else(|| Error::not_found("PAYMENT_NOT_FOUND", "no such payment"))?;
-        Ok(Response::new(self.view(&payment).await?))
+        self.view(&payment).await
     }
 
-    async fn list_order_payments(
-        &self,
-        request: Request<ListOrderPaymentsRequest>,
-    ) -> std::result::Result<Response<ListOrderPaymentsResponse>, GrpcStatus> {
-        let order_id = Uuid::parse_str(&request.get_ref().order_id)
+    /// Every payment of an order (one per attempt), with its refunds.
+    pub async fn order_payments(&self, order_id: &str) -> Result<ListOrderPaymentsResponse> {
+        let order_id = Uuid::parse_str(order_id)
             .map_err(|_| Error::invalid_field("order_id", "must be a UUID"))?;
         let records = self
             .store
@@ -797,7 +748,13 @@ impl PaymentService for PaymentHandler {
         for record in &records {
             payments.push(self.view(record).await?);
         }
-        Ok(Response::new(ListOrderPaymentsResponse { payments }))
+        Ok(ListOrderPaymentsResponse { payments })
+    }
+
+    /// A payment as the API shows it, with its refunds.
+    async fn view(&self, payment: &PaymentRecord) -> Result<Payment> {
+        let refunds = self.store.refunds(payment.id).await.map_err(Error::from)?;
+        Ok(payment_view(payment, &refunds))
     }
 }
 
@@ -863,15 +820,14 @@ pub fn payment_view(payment: &PaymentRecord, refunds: &[RefundRecord]) -> Paymen
 
 /// A payment event keyed by its order, its envelope filled from the event itself.
 fn event_for(order_id: Uuid, payment_id: Uuid, payload: payment_event::Payload) -> Event {
-    let mut event = Event::new(order_id.to_string(), EVENT_KIND, Vec::new());
-    event.payload = PaymentEvent {
-        meta: Some(envelope(&event, "payments")),
-        order_id: order_id.to_string(),
-        payment_id: payment_id.to_string(),
-        payload: Some(payload),
-    }
-    .encode_to_vec();
-    event
+    Event::enveloped(order_id.to_string(), EVENT_KIND, "payments", |meta| {
+        PaymentEvent {
+            meta: Some(meta),
+            order_id: order_id.to_string(),
+            payment_id: payment_id.to_string(),
+            payload: Some(payload),
+        }
+    })
 }
 
 /// A UUID field of a consumed event; a bad one is a producer bug (the event dead-letters).

@@ -1,30 +1,25 @@
-//! The `UserService` gRPC handlers. Requests arrive validated against the protos' rules, and
-//! the access rule of each method is already enforced; handlers add what only they can check
-//! (ownership, password policy, throttling).
+//! The users domain: [`UserHandler`] and what it checks, changes, writes and announces for
+//! accounts, free of transport (`grpc` is its gRPC face). Requests arrive validated against the
+//! protos' rules with each method's access rule enforced; the handler adds what only it can
+//! check (ownership, password policy, throttling, role names through [`RoleNames`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
-use shopmesh_events::{Event, envelope};
+use async_trait::async_trait;
+use shopmesh_events::Event;
 use shopmesh_kit::access::Caller;
 use shopmesh_kit::clock::{now_ms, timestamp};
-use shopmesh_kit::grpc::PeerChannel;
 use shopmesh_kit::paging;
 use shopmesh_kit::{Error, Result};
-use shopmesh_proto::shopmesh::auth::v1::ListRolesRequest;
-use shopmesh_proto::shopmesh::auth::v1::auth_service_client::AuthServiceClient;
 use shopmesh_proto::shopmesh::events::v1::{
     SessionsRevoked, UserEvent, UserRegistered, user_event,
 };
-use shopmesh_proto::shopmesh::users::v1::user_service_server::UserService;
 use shopmesh_proto::shopmesh::users::v1::{
-    CreateUserRequest, GetMeRequest, GetUserRequest, ListUsersRequest, ListUsersResponse,
-    SetUserRolesRequest, UpdateMeRequest, User, VerifyCredentialsRequest,
-    VerifyCredentialsResponse,
+    CreateUserRequest, ListUsersRequest, ListUsersResponse, SetUserRolesRequest, UpdateMeRequest,
+    User,
 };
 use tokio::sync::Notify;
-use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::config::ThrottleConfig;
@@ -36,6 +31,13 @@ use crate::store::{Attempt, StoreError, UserRecord, UserStore};
 pub const DEFAULT_ROLE: &str = "customer";
 const DEFAULT_PAGE: usize = 20;
 const EVENT_KIND: &str = "shopmesh.events.v1.UserEvent";
+
+/// Auth's role table, as far as users needs it: which role names exist.
+#[async_trait]
+pub trait RoleNames: Send + Sync + 'static {
+    /// The names of every role; an error is the caller's answer as it came.
+    async fn role_names(&self) -> Result<Vec<String>>;
+}
 
 /// A new account's details.
 #[derive(Debug, Clone)]
@@ -52,8 +54,8 @@ pub struct UserHandler {
     vault: Vault,
     hasher: Hasher,
     throttle: ThrottleConfig,
-    /// Absent in tools that run without the platform.
-    auth: Option<AuthServiceClient<PeerChannel>>,
+    /// Auth's role names; absent in tools that run without the platform.
+    roles: Option<Box<dyn RoleNames>>,
     /// Wakes the outbox relay after a write that carries an event.
     relay: Arc<Notify>,
 }
@@ -64,7 +66,7 @@ impl UserHandler {
         vault: Vault,
         hasher: Hasher,
         throttle: ThrottleConfig,
-        auth: Option<AuthServiceClient<PeerChannel>>,
+        roles: Option<impl RoleNames>,
         relay: Arc<Notify>,
     ) -> Self {
         Self {
@@ -72,7 +74,7 @@ impl UserHandler {
             vault,
             hasher,
             throttle,
-            auth,
+            roles: roles.map(|roles| Box::new(roles) as Box<dyn RoleNames>),
             relay,
         }
     }
@@ -205,51 +207,38 @@ impl UserHandler {
     }
 }
 
-#[tonic::async_trait]
-impl UserService for UserHandler {
-    async fn create_user(
-        &self,
-        request: Request<CreateUserRequest>,
-    ) -> std::result::Result<Response<User>, Status> {
-        let preferred = shopmesh_kit::locale::accepted(request.metadata())
-            .into_iter()
-            .next()
-            .unwrap_or_else(|| "en".to_owned());
-        let request = request.into_inner();
+/// The operations of the API.
+impl UserHandler {
+    /// Registers a customer; the account's locale is the request's, else the caller's best
+    /// accepted language, else `en`.
+    pub async fn create(&self, request: CreateUserRequest, accepted: &[String]) -> Result<User> {
         let locale = if request.locale.is_empty() {
-            preferred
+            accepted.first().cloned().unwrap_or_else(|| "en".to_owned())
         } else {
             request.locale
         };
-        let user = self
-            .register(Registration {
-                email: request.email,
-                password: request.password,
-                display_name: request.display_name,
-                locale,
-                roles: vec![DEFAULT_ROLE.to_owned()],
-            })
-            .await?;
-        Ok(Response::new(user))
+        self.register(Registration {
+            email: request.email,
+            password: request.password,
+            display_name: request.display_name,
+            locale,
+            roles: vec![DEFAULT_ROLE.to_owned()],
+        })
+        .await
     }
 
-    async fn get_me(
-        &self,
-        request: Request<GetMeRequest>,
-    ) -> std::result::Result<Response<User>, Status> {
-        let caller = Caller::of(&request)?;
+    /// The caller's own account.
+    pub async fn me(&self, caller: &Caller) -> Result<User> {
         let record = self.load(&caller.user_id).await?;
-        Ok(Response::new(self.view(&record)?))
+        self.view(&record)
     }
 
-    async fn update_me(
-        &self,
-        request: Request<UpdateMeRequest>,
-    ) -> std::result::Result<Response<User>, Status> {
-        let id = Uuid::parse_str(&Caller::of(&request)?.user_id).map_err(|_| {
+    /// Changes the caller's own account: the fields in the mask, or every field given when
+    /// there is none. A new password needs the current one and ends every session.
+    pub async fn update_me(&self, caller: &Caller, request: UpdateMeRequest) -> Result<User> {
+        let id = Uuid::parse_str(&caller.user_id).map_err(|_| {
             Error::unauthenticated("TOKEN_INVALID", "the token's subject is not a user id")
         })?;
-        let request = request.into_inner();
         let update = request.user.unwrap_or_default();
         let mask: Vec<String> = match request.update_mask {
             Some(mask) if !mask.paths.is_empty() => mask.paths,
@@ -292,8 +281,7 @@ impl UserService for UserHandler {
                     "WRONG_PASSWORD",
                     "the current password is wrong",
                 )
-                .with_metadata("field", "user.password.current_password")
-                .into());
+                .with_metadata("field", "user.password.current_password"));
             }
             self.store
                 .clear_failures(&record.email_index)
@@ -311,48 +299,41 @@ impl UserService for UserHandler {
                 }),
             )
         });
-        let user = self
-            .update(id, event.as_ref(), |record, profile| {
-                for path in &mask {
-                    match path.as_str() {
-                        "display_name" => {
-                            profile.display_name = update.display_name.trim().to_owned()
-                        }
-                        "phone" => profile.phone = update.phone.clone(),
-                        "addresses" => profile.addresses = update.addresses.clone(),
-                        "locale" => record.locale = update.locale.clone(),
-                        "password" => {
-                            record.password_hash = new_hash.clone().unwrap_or_default();
-                        }
-                        other => {
-                            return Err(Error::invalid_field(
-                                "update_mask",
-                                format!("`{other}` cannot be changed"),
-                            ));
-                        }
+        self.update(id, event.as_ref(), |record, profile| {
+            for path in &mask {
+                match path.as_str() {
+                    "display_name" => profile.display_name = update.display_name.trim().to_owned(),
+                    "phone" => profile.phone = update.phone.clone(),
+                    "addresses" => profile.addresses = update.addresses.clone(),
+                    "locale" => record.locale = update.locale.clone(),
+                    "password" => {
+                        record.password_hash = new_hash.clone().unwrap_or_default();
+                    }
+                    other => {
+                        return Err(Error::invalid_field(
+                            "update_mask",
+                            format!("`{other}` cannot be changed"),
+                        ));
                     }
                 }
-                Ok(())
-            })
-            .await?;
-        Ok(Response::new(user))
+            }
+            Ok(())
+        })
+        .await
     }
 
-    async fn list_users(
-        &self,
-        request: Request<ListUsersRequest>,
-    ) -> std::result::Result<Response<ListUsersResponse>, Status> {
-        let request = request.into_inner();
+    /// The account with the request's e-mail address, or a page of accounts, oldest first.
+    pub async fn list(&self, request: ListUsersRequest) -> Result<ListUsersResponse> {
         if !request.email.is_empty() {
             let users = self
                 .find_by_email(&request.email)
                 .await?
                 .into_iter()
                 .collect();
-            return Ok(Response::new(ListUsersResponse {
+            return Ok(ListUsersResponse {
                 users,
                 next_page_token: String::new(),
-            }));
+            });
         }
         let size = match request.page_size {
             0 => DEFAULT_PAGE,
@@ -375,32 +356,24 @@ impl UserService for UserHandler {
             .iter()
             .map(|record| self.view(record))
             .collect::<Result<_>>()?;
-        Ok(Response::new(ListUsersResponse {
+        Ok(ListUsersResponse {
             users,
             next_page_token,
-        }))
+        })
     }
 
-    async fn set_user_roles(
-        &self,
-        request: Request<SetUserRolesRequest>,
-    ) -> std::result::Result<Response<User>, Status> {
-        let request = request.into_inner();
-        let mut auth = self.auth.clone().ok_or_else(|| {
+    /// Gives an account exactly the request's roles, which must exist in auth's table; ends
+    /// the account's sessions so the next token carries them.
+    pub async fn set_roles(&self, request: SetUserRolesRequest) -> Result<User> {
+        let roles = self.roles.as_ref().ok_or_else(|| {
             Error::unavailable("PEER_UNKNOWN", "no auth service to check role names with")
         })?;
-        let known = auth
-            .list_roles(ListRolesRequest {})
-            .await
-            .map_err(Error::from)?
-            .into_inner()
-            .roles;
-        if let Some(unknown) = request
-            .roles
-            .iter()
-            .find(|role| !known.iter().any(|k| &k.name == *role))
-        {
-            return Err(Error::invalid_field("roles", format!("no role named `{unknown}`")).into());
+        let known = roles.role_names().await?;
+        if let Some(unknown) = request.roles.iter().find(|role| !known.contains(role)) {
+            return Err(Error::invalid_field(
+                "roles",
+                format!("no role named `{unknown}`"),
+            ));
         }
         let id = self.load(&request.id).await?.id;
         let event = user_event(
@@ -417,15 +390,13 @@ impl UserService for UserHandler {
             })
             .await?;
         tracing::info!(user_id = %id, roles = ?user.roles, "roles changed");
-        Ok(Response::new(user))
+        Ok(user)
     }
 
-    async fn verify_credentials(
-        &self,
-        request: Request<VerifyCredentialsRequest>,
-    ) -> std::result::Result<Response<VerifyCredentialsResponse>, Status> {
-        let request = request.into_inner();
-        let email_index = self.vault.email_index(&request.email);
+    /// The account `email` and `password` open (auth's login), counted against the account's
+    /// throttle; a wrong password and an unknown account get the same answer.
+    pub async fn verify_credentials(&self, email: &str, password: &str) -> Result<User> {
+        let email_index = self.vault.email_index(email);
         self.begin_attempt(&email_index).await?;
         let record = self
             .store
@@ -435,33 +406,25 @@ impl UserService for UserHandler {
         // An unknown account is checked against a dummy hash: same work, same answer.
         let matched = self
             .hasher
-            .verify(
-                &request.password,
-                record.as_ref().map(|r| r.password_hash.as_str()),
-            )
+            .verify(password, record.as_ref().map(|r| r.password_hash.as_str()))
             .await?;
         let Some(record) = record.filter(|_| matched) else {
             return Err(Error::unauthenticated(
                 "INVALID_CREDENTIALS",
                 "wrong e-mail address or password",
-            )
-            .into());
+            ));
         };
         self.store
             .clear_failures(&email_index)
             .await
             .map_err(storage)?;
-        Ok(Response::new(VerifyCredentialsResponse {
-            user: Some(self.view(&record)?),
-        }))
+        self.view(&record)
     }
 
-    async fn get_user(
-        &self,
-        request: Request<GetUserRequest>,
-    ) -> std::result::Result<Response<User>, Status> {
-        let record = self.load(&request.into_inner().id).await?;
-        Ok(Response::new(self.view(&record)?))
+    /// Account `id`.
+    pub async fn get(&self, id: &str) -> Result<User> {
+        let record = self.load(id).await?;
+        self.view(&record)
     }
 }
 
@@ -485,12 +448,121 @@ fn to_proto(record: &UserRecord, profile: &Profile) -> Result<User> {
 
 /// An event of this service for `user`, its envelope filled from the event itself.
 fn user_event(user: Uuid, payload: user_event::Payload) -> Event {
-    let mut event = Event::new(user.to_string(), EVENT_KIND, Vec::new());
-    event.payload = UserEvent {
-        meta: Some(envelope(&event, "users")),
+    Event::enveloped(user.to_string(), EVENT_KIND, "users", |meta| UserEvent {
+        meta: Some(meta),
         user_id: user.to_string(),
         payload: Some(payload),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use shopmesh_kit::ErrorKind;
+    use shopmesh_kit::crypto::MasterKey;
+    use shopmesh_testkit::storage::{self as testing, TempSqlite};
+
+    use super::*;
+    use crate::store::SQLITE;
+    use crate::store::sqlite::SqliteUsers;
+
+    /// Auth's role table as a fixed list.
+    struct Table(&'static [&'static str]);
+
+    #[async_trait]
+    impl RoleNames for Table {
+        async fn role_names(&self) -> Result<Vec<String>> {
+            Ok(self.0.iter().map(|name| (*name).to_owned()).collect())
+        }
     }
-    .encode_to_vec();
-    event
+
+    const PASSWORD: &str = "correct horse battery";
+
+    async fn handler(roles: Option<Table>) -> (UserHandler, TempSqlite) {
+        let temp = testing::sqlite(SQLITE).await;
+        let handler = UserHandler::new(
+            Arc::new(SqliteUsers(temp.db.clone())),
+            Vault::new(&MasterKey::generate()),
+            Hasher::new(4, 2).await.unwrap(),
+            ThrottleConfig::default(),
+            roles,
+            Arc::new(Notify::new()),
+        );
+        (handler, temp)
+    }
+
+    async fn register(handler: &UserHandler) -> User {
+        handler
+            .create(
+                CreateUserRequest {
+                    email: "Ada@Example.com".into(),
+                    password: PASSWORD.into(),
+                    display_name: " Ada ".into(),
+                    locale: String::new(),
+                },
+                &["de-CH".to_owned()],
+            )
+            .await
+            .unwrap()
+    }
+
+    fn set(user: &User, roles: &[&str]) -> SetUserRolesRequest {
+        SetUserRolesRequest {
+            id: user.id.clone(),
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_customer_takes_the_callers_language() {
+        let (handler, _db) = handler(None).await;
+        let user = register(&handler).await;
+        assert_eq!(user.roles, [DEFAULT_ROLE]);
+        assert_eq!(user.locale, "de-CH");
+        assert_eq!(user.email, "ada@example.com");
+        assert_eq!(user.display_name, "Ada");
+    }
+
+    #[tokio::test]
+    async fn roles_are_checked_against_auths_table() {
+        let (handler, _db) = handler(Some(Table(&["customer", "support", "admin"]))).await;
+        let user = register(&handler).await;
+        let error = handler
+            .set_roles(set(&user, &["support", "wizard"]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.violations()[0].field, "roles");
+        assert_eq!(error.violations()[0].description, "no role named `wizard`");
+        let changed = handler.set_roles(set(&user, &["support"])).await.unwrap();
+        assert_eq!(changed.roles, ["support"]);
+    }
+
+    #[tokio::test]
+    async fn without_auth_roles_cannot_be_set() {
+        let (handler, _db) = handler(None).await;
+        let user = register(&handler).await;
+        let error = handler.set_roles(set(&user, &["admin"])).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        assert_eq!(error.reason(), "PEER_UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn credentials_open_the_account_and_nothing_else() {
+        let (handler, _db) = handler(None).await;
+        let user = register(&handler).await;
+        let found = handler
+            .verify_credentials("ada@example.com", PASSWORD)
+            .await
+            .unwrap();
+        assert_eq!(found.id, user.id);
+        for (email, password) in [
+            ("ada@example.com", "wrong horse battery"),
+            ("bob@example.com", PASSWORD),
+        ] {
+            let error = handler
+                .verify_credentials(email, password)
+                .await
+                .unwrap_err();
+            assert_eq!(error.reason(), "INVALID_CREDENTIALS", "{email}");
+        }
+    }
 }
