@@ -13,6 +13,7 @@ pub static SERVICES: &[&'static dyn Hosted] = &[
     &shopmesh_catalog::Catalog,
     &shopmesh_orders::Orders,
     &shopmesh_payments::Payments,
+    &shopmesh_reviews::Reviews,
     &shopmesh_edge::Edge,
 ];
 

@@ -9,7 +9,8 @@ pub const ORDERS: &str = "shopmesh.orders";
 pub const STOCK: &str = "shopmesh.stock";
 /// `PaymentEvent`s keyed by order id; payments publishes the outcome of charges and refunds.
 pub const PAYMENTS: &str = "shopmesh.payments";
-/// `ReviewEvent`s keyed by product id.
+/// `ReviewEvent`s keyed by product id; reviews publishes rating aggregates (catalog follows) and
+/// rejections.
 pub const REVIEWS: &str = "shopmesh.reviews";
 /// `UserEvent`s keyed by user id.
 pub const USERS: &str = "shopmesh.users";
