@@ -74,6 +74,11 @@ impl CatalogHandler {
         &self.store
     }
 
+    /// How many products the search index holds, if this handler keeps one.
+    pub fn searchable(&self) -> Option<u64> {
+        self.search.as_ref().map(|search| search.searchable())
+    }
+
     /// Drops a product's cached details; called for every product event, whichever replica
     /// wrote the change.
     pub async fn forget(&self, product: Uuid) {

@@ -46,9 +46,25 @@ impl Service for Catalog {
             && handler.store().categories().await?.is_empty()
         {
             let products = seed::demo(&handler).await?;
+            // Ready means searchable: the products reach the index through their events.
+            searchable(&handler, u64::try_from(products).unwrap_or(u64::MAX)).await;
             println!("  demo catalog   {products} products in 5 departments (first start only)");
         }
         Ok(Serve::grpc(CatalogServiceServer::new(CatalogApi(handler))))
+    }
+}
+
+/// Waits until the search index holds at least `products` products, or says why it stopped
+/// waiting (the index then catches up on its own).
+async fn searchable(handler: &CatalogHandler, products: u64) {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    while handler.searchable().is_some_and(|indexed| indexed < products) {
+        if started.elapsed() > PATIENCE {
+            tracing::warn!(products, "the search index is still catching up; starting anyway");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -122,6 +122,11 @@ impl Search {
         }
     }
 
+    /// The number of searchable products.
+    pub fn searchable(&self) -> u64 {
+        self.index.len()
+    }
+
     pub async fn search(&self, query: SearchQuery) -> Result<SearchResults> {
         let index = self.index.clone();
         blocking(move || index.search(&query)).await

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use shopmesh_host::{Manifest, Protocol, Replicas, SecretForm};
-use shopmesh_kit::ConfigArgs;
+use shopmesh_kit::{ConfigArgs, Shutdown};
 use shopmesh_mesh::identity::{self, SpiffeId};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -110,6 +110,9 @@ fn placement(nodes: usize) -> Vec<Vec<&'static str>> {
 }
 
 async fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    // From the start a signal cancels the start: whatever started so far is stopped again.
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
     let started = Instant::now();
     let binaries = Binaries::find()?;
     let dir = absolute(&args.data_dir)?;
@@ -127,9 +130,10 @@ async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         identity::init_ca(&ca, Duration::from_secs(365 * 86_400))?;
     }
     let configs = service_configs(&dir)?;
+    ensure_free(&addresses(&placed, args.edge_listen))?;
 
     let mut processes: Vec<Process> = Vec::new();
-    let outcome = async {
+    let start = async {
         let etcd_ip = node_ip(0);
         let etcd_url = format!("http://{etcd_ip}:2379");
         let mut etcd = Command::new(&binaries.etcd);
@@ -207,11 +211,108 @@ async fn run(args: ClusterArgs) -> anyhow::Result<()> {
             started.elapsed().as_millis(),
             dir.join("logs").display()
         );
-        wait_for_stop(&mut processes).await
-    }
-    .await;
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        outcome = start => Some(outcome),
+        () = shutdown.wait() => None,
+    };
+    let outcome = match outcome {
+        Some(Ok(())) => wait_for_stop(&mut processes, &shutdown).await,
+        Some(Err(error)) => Err(error),
+        None => {
+            println!("cluster start cancelled; stopping what had started");
+            Ok(())
+        }
+    };
     stop(&mut processes).await;
     outcome
+}
+
+/// The addresses a cluster of this placement binds: etcd's, each node's sidecar ports, every
+/// service's port and the edge's.
+fn addresses(placed: &[Vec<&'static str>], edge: SocketAddr) -> Vec<SocketAddr> {
+    let mut addresses = vec![
+        SocketAddr::new(node_ip(0), 2379),
+        SocketAddr::new(node_ip(0), 2380),
+        edge,
+    ];
+    for (node, services) in placed.iter().enumerate() {
+        let ip = node_ip(node);
+        addresses.push(SocketAddr::new(ip, SIDECAR_INBOUND));
+        addresses.push(SocketAddr::new(ip, SIDECAR_ADMIN));
+        for (index, service) in services.iter().enumerate() {
+            addresses.push(SocketAddr::new(ip, outbound_port(index)));
+            addresses.push(SocketAddr::new(
+                ip,
+                SERVICE_ADMIN_BASE + u16::try_from(index).unwrap_or(0),
+            ));
+            let manifest = manifest(service);
+            if manifest.protocol == Protocol::Grpc {
+                addresses.push(SocketAddr::new(ip, manifest.port));
+            }
+        }
+    }
+    addresses
+}
+
+/// Refuses to start over addresses that are taken (most often by a cluster still running),
+/// naming the process that holds each one when it can be found.
+fn ensure_free(addresses: &[SocketAddr]) -> anyhow::Result<()> {
+    let taken: Vec<String> = addresses
+        .iter()
+        .filter(|address| {
+            std::net::TcpListener::bind(address)
+                .is_err_and(|error| error.kind() == std::io::ErrorKind::AddrInUse)
+        })
+        .map(|address| match holder(*address) {
+            Some(holder) => format!("{address} (held by {holder})"),
+            None => address.to_string(),
+        })
+        .collect();
+    if taken.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the cluster's addresses are in use, is another cluster running? {}",
+        taken.join(", ")
+    )
+}
+
+/// `pid N (command)` of the process listening on `address`, read from /proc.
+fn holder(address: SocketAddr) -> Option<String> {
+    let IpAddr::V4(ip) = address.ip() else {
+        return None;
+    };
+    // /proc/net/tcp: local address as little-endian hex `AABBCCDD:PPPP`, state 0A = LISTEN.
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        address.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&wanted.as_str()) && fields.get(3) == Some(&"0A"))
+            .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))
+            .flatten()
+    })?;
+    for process in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = process.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(process.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == inode)
+        });
+        if holds {
+            let command = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
+            return Some(format!("pid {pid}, {}", command.trim()));
+        }
+    }
+    None
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -551,9 +652,7 @@ async fn first_admin(
 }
 
 /// Runs until Ctrl-C (or SIGTERM), or until a process of the cluster exits on its own.
-async fn wait_for_stop(processes: &mut [Process]) -> anyhow::Result<()> {
-    let shutdown = shopmesh_kit::shutdown::Shutdown::new();
-    shutdown.trigger_on_signals();
+async fn wait_for_stop(processes: &mut [Process], shutdown: &Shutdown) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = shutdown.wait() => return Ok(()),

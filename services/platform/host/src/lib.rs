@@ -70,6 +70,9 @@ pub async fn run(
     mode: Mode,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
+    // From the first line on, a signal cancels the start cleanly.
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
     println!(
         "shopmesh {} starting, data in {}",
         env!("CARGO_PKG_VERSION"),
@@ -78,8 +81,6 @@ pub async fn run(
     // Install the recorder before anything records, and say which build is running.
     shopmesh_kit::telemetry::metrics();
     metrics::gauge!("shopmesh_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
 
@@ -148,10 +149,22 @@ pub async fn run(
             tokens: config.tokens.policy(),
             authority: authority.clone(),
         };
-        let serve = service
-            .start(context)
-            .await
-            .with_context(|| format!("{name} failed to start"))?;
+        // A signal while a service starts cancels the start: what started so far is stopped
+        // and the process exits cleanly (a start that fails because of it is no failure).
+        let started = tokio::select! {
+            started = service.start(context) => Some(started),
+            () = shutdown.wait() => None,
+        };
+        let serve = match started {
+            Some(Ok(serve)) => serve,
+            Some(Err(error)) if !shutdown.is_triggered() => {
+                return Err(error.context(format!("{name} failed to start")));
+            }
+            _ => {
+                println!("shopmesh start cancelled; stopped what had started");
+                return drain(&mut servers, &runtime, None).await;
+            }
+        };
         let url = match (serve, listener) {
             (Serve::Grpc(routes), Some(listener)) => {
                 let address = listener.local_addr()?;
@@ -188,6 +201,16 @@ pub async fn run(
             shutdown.trigger();
         }
     }
+    drain(&mut servers, &runtime, failure).await
+}
+
+/// Stops the servers and background work, within the drain time; returns the first failure.
+async fn drain(
+    servers: &mut JoinSet<anyhow::Result<()>>,
+    runtime: &Runtime,
+    mut failure: Option<anyhow::Error>,
+) -> anyhow::Result<()> {
+    runtime.shutdown.trigger();
     runtime.close();
     let drained = tokio::time::timeout(shopmesh_kit::shutdown::DEFAULT_DRAIN, async {
         while let Some(result) = servers.join_next().await {

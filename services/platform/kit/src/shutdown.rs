@@ -33,13 +33,16 @@ impl Shutdown {
     }
 
     /// Triggers this token on SIGINT or SIGTERM; a second signal ends the process at once.
+    /// It listens from the moment it returns, so a signal that comes any later drains the
+    /// process rather than killing it.
     pub fn trigger_on_signals(&self) {
         let shutdown = self.clone();
+        let mut signals = Signals::listen();
         tokio::spawn(async move {
-            signal().await;
+            signals.next().await;
             tracing::info!("shutdown requested, draining");
             shutdown.trigger();
-            signal().await;
+            signals.next().await;
             tracing::warn!("second signal, exiting without draining");
             std::process::exit(130);
         });
@@ -68,23 +71,43 @@ where
     }
 }
 
+/// SIGINT and SIGTERM, listened to from creation on.
 #[cfg(unix)]
-async fn signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process can only be killed; never trigger shutdown.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+#[cfg(unix)]
+impl Signals {
+    fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self(
+            signal(SignalKind::interrupt())
+                .ok()
+                .zip(signal(SignalKind::terminate()).ok()),
+        )
+    }
+
+    async fn next(&mut self) {
+        let Some((interrupt, terminate)) = &mut self.0 else {
+            // Without signal handlers the process can only be killed; never trigger shutdown.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn listen() -> Self {
+        Self
+    }
+
+    async fn next(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
