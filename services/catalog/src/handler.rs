@@ -289,6 +289,44 @@ impl CatalogHandler {
             })
     }
 
+    /// Sets a product's rating to the aggregate reviews announced at `rating_version`, unless
+    /// the product holds this or a newer one; the change goes out as `ProductChanged`, so search
+    /// indexes and detail caches follow. `false` when nothing changed (a repeated or late
+    /// aggregate, or a product that is gone).
+    pub async fn rate(
+        &self,
+        product_id: Uuid,
+        rating: RatingSummary,
+        rating_version: i64,
+    ) -> Result<bool> {
+        for _ in 0..5 {
+            let Some(mut record) = self.store.product(product_id).await.map_err(Error::from)?
+            else {
+                return Ok(false);
+            };
+            record.rating_average = rating.average;
+            record.rating_count = rating.count;
+            record.version += 1;
+            record.updated_at_ms = now_ms().max(record.updated_at_ms);
+            let event = self.changed(&record);
+            match self.store.rate(&record, rating_version, &event).await {
+                Ok(changed) => {
+                    if changed {
+                        self.forget(product_id).await;
+                        self.relay.notify_one();
+                    }
+                    return Ok(changed);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(other) => return Err(Error::from(other)),
+            }
+        }
+        Err(Error::aborted(
+            "CONCURRENT_UPDATE",
+            "the product kept changing; retry",
+        ))
+    }
+
     fn announce(&self) -> Announce {
         Arc::new(|change: &StockChange| {
             product_event(

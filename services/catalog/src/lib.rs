@@ -8,6 +8,7 @@ pub mod config;
 pub mod follow;
 pub mod grpc;
 pub mod handler;
+pub mod ratings;
 pub mod search;
 pub mod seed;
 pub mod stock;
@@ -41,6 +42,7 @@ impl Service for Catalog {
     async fn start(&self, context: ServiceContext, config: CatalogConfig) -> anyhow::Result<Serve> {
         let handler = open(&context, &config, Follow::Yes).await?;
         stock::follow(handler.clone(), &context).await?;
+        ratings::follow(handler.clone(), &context).await?;
         if context.mode == Mode::Embedded
             && config.demo_catalog
             && handler.store().categories().await?.is_empty()

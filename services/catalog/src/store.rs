@@ -179,6 +179,17 @@ pub trait CatalogStore: Send + Sync + 'static {
     ) -> Result<Reservation, StoreError>;
     /// RESERVED → COMMITTED; idempotent; any other state is a [`StoreError::Precondition`].
     async fn commit(&self, order_id: Uuid, now_ms: i64) -> Result<Reservation, StoreError>;
+
+    /// Writes `product` with the rating reviews announced at `rating_version`, over version
+    /// `product.version - 1`, with its event. `Ok(false)` writes nothing: the product holds
+    /// this or a newer rating already (a redelivered or late event). A concurrent change is
+    /// [`StoreError::Conflict`].
+    async fn rate(
+        &self,
+        product: &ProductRecord,
+        rating_version: i64,
+        event: &Event,
+    ) -> Result<bool, StoreError>;
 }
 
 // The host opens the repository on either backend, with its outbox relay running.
@@ -224,6 +235,16 @@ pub const SQLITE: &[Migration] = &[
         ",
     },
     shopmesh_events::outbox::sqlite_migration(2),
+    Migration {
+        version: 3,
+        name: "product_ratings",
+        statements: "
+            CREATE TABLE product_ratings (
+                product_id TEXT PRIMARY KEY,
+                version INTEGER NOT NULL
+            );
+        ",
+    },
 ];
 
 /// The CQL schema.
@@ -279,6 +300,13 @@ pub const CQL: &[Migration] = &[
         ",
     },
     shopmesh_events::outbox::cql_migration(2),
+    Migration {
+        version: 3,
+        name: "product_ratings",
+        statements: "
+            CREATE TABLE IF NOT EXISTS product_ratings (product_id uuid PRIMARY KEY, version bigint);
+        ",
+    },
 ];
 
 /// The reservation state as stored.

@@ -335,6 +335,36 @@ async fn the_stock_hammer_never_goes_below_zero((store, _keep): Subject) {
     assert_eq!(store.product(item.id).await.unwrap().unwrap().stock, 0);
 }
 
+async fn ratings_apply_once_and_never_go_back((store, _keep): Subject) {
+    let lamp = product("RATED-1", None, 1_000, 5);
+    store.create_product(&lamp, &event(lamp.id)).await.unwrap();
+    let rated = |from: &ProductRecord, average: f64, count: i32| {
+        let mut next = from.clone();
+        next.rating_average = average;
+        next.rating_count = count;
+        next.version += 1;
+        next
+    };
+    let first = rated(&lamp, 4.0, 1);
+    assert!(store.rate(&first, 1, &event(lamp.id)).await.unwrap());
+    assert_eq!(store.product(lamp.id).await.unwrap().unwrap(), first);
+    // The same aggregate again (a redelivery) changes nothing.
+    let again = rated(&first, 4.0, 1);
+    assert!(!store.rate(&again, 1, &event(lamp.id)).await.unwrap());
+    let second = rated(&first, 4.5, 2);
+    assert!(store.rate(&second, 2, &event(lamp.id)).await.unwrap());
+    // An older aggregate arriving late is ignored.
+    let late = rated(&second, 4.0, 1);
+    assert!(!store.rate(&late, 1, &event(lamp.id)).await.unwrap());
+    assert_eq!(store.product(lamp.id).await.unwrap().unwrap(), second);
+    // A rating over a version that changed meanwhile is a conflict.
+    let stale = rated(&first, 3.0, 3);
+    assert!(matches!(
+        store.rate(&stale, 3, &event(lamp.id)).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
 contract_suite! {
     sqlite => sqlite_store,
     cql => cql_store;
@@ -344,5 +374,6 @@ contract_suite! {
         listings_page_in_creation_order_within_category_trees,
         reservations_are_all_or_nothing_and_idempotent,
         the_stock_hammer_never_goes_below_zero,
+        ratings_apply_once_and_never_go_back,
     ]
 }

@@ -69,6 +69,9 @@ pub struct CqlCatalog {
     claim_reservation: PreparedStatement,
     set_reservation: PreparedStatement,
     move_reservation: PreparedStatement,
+    select_rating_version: PreparedStatement,
+    set_rating: PreparedStatement,
+    set_rating_version: PreparedStatement,
 }
 
 impl CqlCatalog {
@@ -134,6 +137,18 @@ impl CqlCatalog {
                 .await?,
             set_stock: cql
                 .prepare("UPDATE products SET stock = ?, version = ?, updated_at = ? WHERE id = ? IF version = ?")
+                .await?,
+            select_rating_version: cql
+                .prepare("SELECT version FROM product_ratings WHERE product_id = ?")
+                .await?,
+            set_rating: cql
+                .prepare(
+                    "UPDATE products SET rating_average = ?, rating_count = ?, updated_at = ?, version = ? \
+                     WHERE id = ? IF version = ?",
+                )
+                .await?,
+            set_rating_version: cql
+                .prepare("INSERT INTO product_ratings (product_id, version) VALUES (?, ?)")
                 .await?,
             select_reservation: cql
                 .prepare("SELECT state, lines, shortages, updated_at FROM stock_reservations WHERE order_id = ?")
@@ -701,6 +716,45 @@ impl CatalogStore for CqlCatalog {
                 }
             }
         }
+    }
+
+    async fn rate(
+        &self,
+        record: &ProductRecord,
+        rating_version: i64,
+        event: &Event,
+    ) -> Result<bool, StoreError> {
+        let held: Option<(i64,)> = self
+            .cql
+            .first_row(&self.select_rating_version, (record.id,))
+            .await?;
+        if held.is_some_and(|(held,)| held >= rating_version) {
+            return Ok(false);
+        }
+        let written = self
+            .cql
+            .execute(
+                &self.set_rating,
+                (
+                    record.rating_average,
+                    record.rating_count,
+                    record.updated_at_ms,
+                    record.version,
+                    record.id,
+                    record.version - 1,
+                ),
+            )
+            .await?;
+        if !lwt_applied(written)? {
+            return Err(StoreError::Conflict);
+        }
+        // Events of one product arrive in order, so the version is written by one consumer at
+        // a time; a crash before it re-applies the same rating on redelivery, which is harmless.
+        self.publish(event).await?;
+        self.cql
+            .execute(&self.set_rating_version, (record.id, rating_version))
+            .await?;
+        Ok(true)
     }
 }
 

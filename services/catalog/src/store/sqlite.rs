@@ -481,4 +481,48 @@ impl CatalogStore for SqliteCatalog {
             })
             .await
     }
+
+    async fn rate(
+        &self,
+        record: &ProductRecord,
+        rating_version: i64,
+        event: &Event,
+    ) -> Result<bool, StoreError> {
+        let (record, event) = (record.clone(), event.clone());
+        self.0
+            .write(move |tx| {
+                let held: i64 = tx
+                    .prepare_cached("SELECT version FROM product_ratings WHERE product_id = ?1")?
+                    .query_row([record.id.to_string()], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                if held >= rating_version {
+                    return Ok(false);
+                }
+                let updated = tx
+                    .prepare_cached(
+                        "UPDATE products SET rating_average = ?1, rating_count = ?2, updated_at = ?3, version = ?4
+                         WHERE id = ?5 AND version = ?6",
+                    )?
+                    .execute(params![
+                        record.rating_average,
+                        record.rating_count,
+                        record.updated_at_ms,
+                        record.version,
+                        record.id.to_string(),
+                        record.version - 1
+                    ])?;
+                if updated == 0 {
+                    return Err(StoreError::Conflict);
+                }
+                tx.prepare_cached(
+                    "INSERT INTO product_ratings (product_id, version) VALUES (?1, ?2)
+                     ON CONFLICT (product_id) DO UPDATE SET version = ?2",
+                )?
+                .execute(params![record.id.to_string(), rating_version])?;
+                outbox::enqueue(tx, TOPIC, &event)?;
+                Ok(true)
+            })
+            .await
+    }
 }
