@@ -61,9 +61,15 @@ impl Service for Catalog {
 async fn searchable(handler: &CatalogHandler, products: u64) {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
     let started = std::time::Instant::now();
-    while handler.searchable().is_some_and(|indexed| indexed < products) {
+    while handler
+        .searchable()
+        .is_some_and(|indexed| indexed < products)
+    {
         if started.elapsed() > PATIENCE {
-            tracing::warn!(products, "the search index is still catching up; starting anyway");
+            tracing::warn!(
+                products,
+                "the search index is still catching up; starting anyway"
+            );
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
