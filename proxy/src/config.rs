@@ -43,6 +43,10 @@ pub struct EdgeConfig {
     /// assets), by longest matching prefix. They get the edge's limits, headers, request ids and
     /// logs, but no token checks: that server answers for its own access.
     pub forward: Vec<ForwardRoute>,
+    /// Proxies and load balancers in front of the edge (CIDR blocks, e.g. `10.0.0.0/8`). A
+    /// request from one of them is counted and logged under the client address its
+    /// `Forwarded` or `X-Forwarded-For` header names; anyone else's such header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `prefix` → `upstream`, e.g. `{ prefix = "/assets/", upstream = "10.0.0.7:8000" }`.
@@ -122,6 +126,7 @@ impl Default for EdgeConfig {
             cors: CorsConfig::default(),
             tls: None,
             forward: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

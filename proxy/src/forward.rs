@@ -52,10 +52,11 @@ pub(crate) fn find<'a>(routes: &'a [Forward], path: &str) -> Option<&'a Forward>
 /// declared size. `Err` is the refusal.
 pub(crate) fn admit(
     session: &Session,
+    client: Option<IpAddr>,
     limiter: &Limiter,
     max_body_bytes: usize,
 ) -> Result<(), Reply> {
-    client::limit(limiter, 0, client::ip(session).map(Key::Ip))?;
+    client::limit(limiter, 0, client.map(Key::Ip))?;
     if client::declared_length(session).is_some_and(|length| length > max_body_bytes) {
         return Err(client::too_large(max_body_bytes));
     }

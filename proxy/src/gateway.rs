@@ -6,7 +6,7 @@
 //! `reply` (answers and the headers every answer carries). Those modules never use this one.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,8 @@ pub struct Gateway {
     pub grpc_targets: HashMap<String, SocketAddr>,
     /// Plain HTTP routes, longest prefix first.
     pub forward: Vec<Forward>,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub authority: Authority,
     pub limiter: Limiter,
     pub cors: CorsConfig,
@@ -73,6 +75,8 @@ pub struct RequestState {
     request_id: String,
     /// How a stream ended and how many messages it sent.
     stream: Option<(sse::End, u64)>,
+    /// The client's address, read once per request.
+    client: Option<IpAddr>,
 }
 
 /// The upstream of a request the edge proxies rather than answers.
@@ -86,7 +90,7 @@ enum Upstream {
 
 impl Gateway {
     /// The REST pipeline's view of the gateway, for one request.
-    fn rest(&self) -> Rest<'_> {
+    fn rest(&self, client: Option<IpAddr>) -> Rest<'_> {
         Rest {
             router: &self.router,
             upstreams: &self.upstreams,
@@ -98,6 +102,7 @@ impl Gateway {
             timeout: self.timeout,
             stream_timeout: self.stream_timeout,
             shutdown: &self.shutdown,
+            client,
         }
     }
 
@@ -131,6 +136,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<bool> {
         state.started = Some(Instant::now());
         state.request_id = request_id(&session.req_header().headers);
+        state.client = client::address(session, &self.trusted_proxies);
         // A client that stalls while sending or reading holds a connection for at most this.
         session.set_read_timeout(Some(self.client_timeout));
         session.set_write_timeout(Some(self.client_timeout));
@@ -140,7 +146,7 @@ impl ProxyHttp for Gateway {
         }
         let path = session.req_header().uri.path();
         if let Some(route) = forward::find(&self.forward, path) {
-            return match forward::admit(session, &self.limiter, self.max_body_bytes) {
+            return match forward::admit(session, state.client, &self.limiter, self.max_body_bytes) {
                 Ok(()) => {
                     state.route = Some(SharedString::from_shared(route.prefix.clone()));
                     state.target = Some(Upstream::Http(route.upstream));
@@ -153,9 +159,14 @@ impl ProxyHttp for Gateway {
             };
         }
         if passthrough::is_grpc(session) {
-            let admitted =
-                passthrough::admit(session, &self.grpc_targets, &self.limiter, &self.authority)
-                    .await;
+            let admitted = passthrough::admit(
+                session,
+                state.client,
+                &self.grpc_targets,
+                &self.limiter,
+                &self.authority,
+            )
+            .await;
             return match admitted {
                 Ok((method, target)) => {
                     state.route = Some(method);
@@ -170,10 +181,11 @@ impl ProxyHttp for Gateway {
         }
         // Boxed: the REST path's future (checks, the call, transcoding) is far larger than the
         // rest of this phase, and Pingora allocates this phase's future for every request.
-        let answer = Box::pin(
-            self.rest()
-                .answer(session, &state.request_id, &mut state.route),
-        )
+        let answer = Box::pin(self.rest(state.client).answer(
+            session,
+            &state.request_id,
+            &mut state.route,
+        ))
         .await;
         match answer {
             Answer::Reply(mut reply) => {
@@ -225,7 +237,7 @@ impl ProxyHttp for Gateway {
     /// forwarded request tells its server who asked and under which request id.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         state: &mut RequestState,
     ) -> pingora::Result<()> {
@@ -234,7 +246,7 @@ impl ProxyHttp for Gateway {
                 passthrough::upstream_request(upstream_request, target, &state.request_id)
             }
             Some(Upstream::Http(_)) => {
-                forward::upstream_request(upstream_request, &state.request_id, client::ip(session))
+                forward::upstream_request(upstream_request, &state.request_id, state.client)
             }
             None => Ok(()),
         }

@@ -80,6 +80,7 @@ impl Service for Edge {
             upstreams: Upstreams::new(channels),
             grpc_targets,
             forward: forward::routes(&config.forward),
+            trusted_proxies: config.trusted_proxies.clone(),
             authority: context.authority.clone(),
             limiter: Limiter::new(config.limits.clone()),
             cors: config.cors.clone(),

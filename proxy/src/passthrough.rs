@@ -5,7 +5,7 @@
 //! ([`crate::reply::write_grpc_status`]).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header;
 use metrics::SharedString;
@@ -17,7 +17,6 @@ use shopmesh_kit::access::Authority;
 use shopmesh_kit::context::REQUEST_ID;
 use tonic::Status;
 
-use crate::client;
 use crate::limits::{Key, Limiter};
 
 /// Whether the request is a gRPC call. gRPC proper only: gRPC-Web (`application/grpc-web`) is
@@ -42,6 +41,7 @@ pub(crate) struct Target {
 /// the refusal.
 pub(crate) async fn admit(
     session: &Session,
+    client: Option<IpAddr>,
     targets: &HashMap<String, SocketAddr>,
     limiter: &Limiter,
     authority: &Authority,
@@ -65,7 +65,7 @@ pub(crate) async fn admit(
             address: *address,
         })
         .ok_or_else(|| Status::unimplemented(format!("unknown service {service}")))?;
-    if let Some(ip) = client::ip(session) {
+    if let Some(ip) = client {
         limiter
             .check(0, Key::Ip(ip))
             .map_err(|_| Status::resource_exhausted("too many requests; retry later"))?;

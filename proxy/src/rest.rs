@@ -5,6 +5,7 @@
 //! method or as Server-Sent Events ([`crate::sse`]) for a server-streaming one. The gateway
 //! writes the answer, with its header policies.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,6 +48,8 @@ pub(crate) struct Rest<'a> {
     pub(crate) stream_timeout: Duration,
     /// Streams still opening give up when the edge starts shutting down.
     pub(crate) shutdown: &'a Shutdown,
+    /// The client's address (behind trusted proxies, the one they name).
+    pub(crate) client: Option<IpAddr>,
 }
 
 /// What a REST request gets.
@@ -178,11 +181,7 @@ impl<'a> Rest<'a> {
         context.deadline = Some(context.deadline.map_or(deadline, |d| d.min(deadline)));
         // Limits per address first (cheap), then access: a caller without the right gets
         // 401/403 before its body is read; then limits per user.
-        client::limit(
-            self.limiter,
-            route.rate_class,
-            client::ip(session).map(Key::Ip),
-        )?;
+        client::limit(self.limiter, route.rate_class, self.client.map(Key::Ip))?;
         let authorization = session.get_header(header::AUTHORIZATION).cloned();
         let caller = self
             .authority
@@ -204,7 +203,7 @@ impl<'a> Rest<'a> {
         let message = request_message(route, &bindings, query.as_deref(), &body, &content_type)
             .map_err(|violations| Reply::status(&invalid_argument(&violations)))?;
         validate(&message).map_err(|violations| Reply::status(&invalid_argument(&violations)))?;
-        let mut metadata = forwarded_metadata(session, authorization.as_ref());
+        let mut metadata = forwarded_metadata(session, self.client, authorization.as_ref());
         for (name, value) in declared {
             metadata.insert(name, value);
         }
@@ -293,7 +292,11 @@ fn declared_headers(session: &Session, route: &Route) -> Result<Vec<Forwarded>, 
 }
 
 /// What the service learns about the caller: its token, language and address.
-fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) -> MetadataMap {
+fn forwarded_metadata(
+    session: &Session,
+    client: Option<IpAddr>,
+    authorization: Option<&HeaderValue>,
+) -> MetadataMap {
     let mut metadata = MetadataMap::new();
     if let Some(value) = authorization.and_then(|v| MetadataValue::try_from(v.as_bytes()).ok()) {
         metadata.insert("authorization", value);
@@ -304,7 +307,7 @@ fn forwarded_metadata(session: &Session, authorization: Option<&HeaderValue>) ->
     {
         metadata.insert("accept-language", value);
     }
-    if let Some(ip) = client::ip(session)
+    if let Some(ip) = client
         && let Ok(value) = MetadataValue::try_from(ip.to_string())
     {
         metadata.insert("x-forwarded-for", value);

@@ -211,6 +211,7 @@ async fn start(stream_timeout: Duration) -> Harness {
         upstreams: Upstreams::new(HashMap::from([("orders".to_owned(), channel)])),
         grpc_targets: HashMap::from([("orders".to_owned(), upstream)]),
         forward: Vec::new(),
+        trusted_proxies: Vec::new(),
         authority: Authority::new(verifier, Arc::new(NoPermissions)),
         limiter: Limiter::new(LimitsConfig::default()),
         cors: CorsConfig {

@@ -574,3 +574,40 @@ async fn a_request_head_sent_too_slowly_loses_its_connection() {
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_has_its_own_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        // The test client connects from loopback, as a load balancer would from its address.
+        "services.edge.trusted_proxies=[\"127.0.0.1/32\"]",
+        "services.edge.limits.default.per_ip.per_second=0.01",
+        "services.edge.limits.default.per_ip.burst=2",
+        "services.edge.limits.default.per_user.per_second=100",
+        "services.edge.limits.default.per_user.burst=100",
+    ]
+    .map(str::to_owned);
+    let platform = support::Platform::start(dir.path(), &settings).await;
+    let edge = platform.edge.clone();
+    let from = |chain: &'static str| [("x-forwarded-for", chain)];
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let answer = http(&edge, "GET", "/v1/categories", &from("203.0.113.1"), b"").await;
+        first.push(answer.status);
+    }
+    assert_eq!(first, [200, 200, 429], "one client's own allowance");
+    // An address the client wrote further left changes nothing: the proxy's is what counts.
+    let spoofed = http(
+        &edge,
+        "GET",
+        "/v1/categories",
+        &from("6.6.6.6, 203.0.113.1"),
+        b"",
+    )
+    .await;
+    assert_eq!(spoofed.status, 429);
+    // Another client behind the same proxy is not throttled with the first.
+    let other = http(&edge, "GET", "/v1/categories", &from("203.0.113.2"), b"").await;
+    assert_eq!(other.status, 200, "{other:?}");
+    platform.stop().await;
+}
