@@ -1,12 +1,18 @@
 //! The payments side of the order saga: of `shopmesh.orders`, `PaymentRequested` charges and
 //! `RefundRequested` refunds; the rest is not payments' business. Charges and refunds are
-//! idempotent per order attempt and per payment, so a redelivery does nothing new.
+//! idempotent per order attempt and per payment, so a redelivery does nothing new. Also the
+//! sandbox's webhook deliveries, which take the same path as Stripe's.
+
+use std::sync::Arc;
 
 use prost::Message as _;
 use shopmesh_events::Event;
 use shopmesh_kit::{Error, Result};
 use shopmesh_proto::shopmesh::events::v1::{OrderEvent, order_event};
 
+use tokio::sync::mpsc;
+
+use crate::gateway::sandbox::Delivery;
 use crate::handler::PaymentHandler;
 
 /// Handles one event of `shopmesh.orders`: charges on `PaymentRequested`, refunds on
@@ -22,5 +28,26 @@ pub async fn on_order_event(handler: &PaymentHandler, event: &Event) -> Result<(
             handler.refund(&order, requested).await
         }
         _ => Ok(()),
+    }
+}
+
+/// The sandbox's events take the webhook path in-process, signature check included.
+pub(crate) async fn deliver_sandbox_events(
+    handler: Arc<PaymentHandler>,
+    mut delivered: mpsc::Receiver<Delivery>,
+    shutdown: shopmesh_kit::Shutdown,
+) {
+    loop {
+        let delivery = tokio::select! {
+            delivery = delivered.recv() => delivery,
+            () = shutdown.wait() => return,
+        };
+        let Some(delivery) = delivery else { return };
+        if let Err(error) = handler
+            .webhook(&delivery.body, Some(&delivery.signature))
+            .await
+        {
+            tracing::warn!(%error, "sandbox webhook delivery failed");
+        }
     }
 }

@@ -158,31 +158,10 @@ pub async fn assemble(
         handler.clone(),
         |handler| async move { Ok(handler.sweep_processing(now_ms()).await.map(drop)?) },
     );
-    runtime.spawn(deliver_sandbox_events(
+    runtime.spawn(consumers::deliver_sandbox_events(
         handler.clone(),
         delivered,
         runtime.shutdown.clone(),
     ));
     Ok(handler)
-}
-
-/// The sandbox's events take the webhook path in-process, signature check included.
-async fn deliver_sandbox_events(
-    handler: Arc<PaymentHandler>,
-    mut delivered: mpsc::Receiver<Delivery>,
-    shutdown: shopmesh_kit::Shutdown,
-) {
-    loop {
-        let delivery = tokio::select! {
-            delivery = delivered.recv() => delivery,
-            () = shutdown.wait() => return,
-        };
-        let Some(delivery) = delivery else { return };
-        if let Err(error) = handler
-            .webhook(&delivery.body, Some(&delivery.signature))
-            .await
-        {
-            tracing::warn!(%error, "sandbox webhook delivery failed");
-        }
-    }
 }
