@@ -1,6 +1,6 @@
 //! Reviews end to end through `shopmesh up` and the edge: only a customer with a paid order may
-//! review a product, a new review waits for a moderator, and once approved the product's
-//! details and search results carry its rating.
+//! review a product, a new review waits for a moderator, others vote it helpful once, and once
+//! approved the product's details and search results carry its rating.
 
 mod support;
 
@@ -205,6 +205,26 @@ async fn a_verified_purchasers_review_is_moderated_and_rates_the_product() {
     assert_eq!(public["reviews"][0]["id"], id.as_str());
     assert_eq!(public["rating"]["count"], 1);
     assert_eq!(public["histogram"]["stars"], json!([0, 0, 0, 0, 1]));
+
+    // Another customer finds it helpful, once; listings sort by it.
+    let bob = customer(&platform, "bob@example.com").await;
+    let helpful = format!("/v1/reviews/{id}:helpful");
+    let voted = call(&platform, "POST", &helpful, &bob, json!({})).await;
+    assert_eq!(voted.status, 200, "{voted:?}");
+    assert_eq!(voted.json()["helpful_count"], 1);
+    let twice = call(&platform, "POST", &helpful, &bob, json!({})).await;
+    assert_eq!(twice.status, 409, "{twice:?}");
+    assert_eq!(reason(&twice), "ALREADY_VOTED");
+    let sorted = call(
+        &platform,
+        "GET",
+        &format!("{reviews}?sort=REVIEW_SORT_MOST_HELPFUL"),
+        "",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(sorted.status, 200, "{sorted:?}");
+    assert_eq!(sorted.json()["reviews"][0]["helpful_count"], 1);
 
     // The rating reaches the product's details and its search results.
     within(

@@ -10,6 +10,7 @@ use shopmesh_proto::shopmesh::reviews::v1::{
     CreateReviewRequest, DeleteReviewRequest, DeleteReviewResponse, ListProductReviewsRequest,
     ListProductReviewsResponse, ListReviewsForModerationRequest, ListReviewsForModerationResponse,
     ModerateReviewRequest, ReportReviewRequest, ReportReviewResponse, Review, UpdateReviewRequest,
+    VoteHelpfulRequest, VoteHelpfulResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -67,6 +68,16 @@ impl ReviewService for ReviewApi {
         let report = request.get_ref();
         self.0.report(caller, &report.id, &report.reason).await?;
         Ok(Response::new(ReportReviewResponse {}))
+    }
+
+    async fn vote_helpful(
+        &self,
+        request: Request<VoteHelpfulRequest>,
+    ) -> Result<Response<VoteHelpfulResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        Ok(Response::new(
+            self.0.vote(caller, &request.get_ref().id).await?,
+        ))
     }
 
     async fn moderate_review(

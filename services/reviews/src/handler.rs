@@ -16,13 +16,14 @@ use shopmesh_proto::shopmesh::events::v1::{
 use shopmesh_proto::shopmesh::reviews::v1::{
     CreateReviewRequest, ListProductReviewsRequest, ListProductReviewsResponse,
     ListReviewsForModerationRequest, ListReviewsForModerationResponse, ModerateReviewRequest,
-    ModerationQueue, RatingHistogram, Review, ReviewStatus, UpdateReviewRequest,
+    ModerationQueue, RatingHistogram, Review, ReviewSort, ReviewStatus, UpdateReviewRequest,
+    VoteHelpfulResponse,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::store::{
-    Aggregate, Announce, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Status,
+    Aggregate, Announce, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Sort, Status,
     StoreError,
 };
 
@@ -118,6 +119,7 @@ impl ReviewHandler {
             moderation_reason: String::new(),
             report_count: 0,
             reported_at_ms: None,
+            helpful_count: 0,
             created_at_ms: now,
             updated_at_ms: now,
             version: 1,
@@ -145,13 +147,19 @@ impl ReviewHandler {
     ) -> Result<ListProductReviewsResponse> {
         let product_id = Error::parse_id("product_id", &request.product_id)?;
         let viewer_id = viewer.and_then(|c| Uuid::parse_str(&c.user_id).ok());
+        let sort = match ReviewSort::try_from(request.sort) {
+            Ok(ReviewSort::Highest) => Sort::Highest,
+            Ok(ReviewSort::Lowest) => Sort::Lowest,
+            Ok(ReviewSort::MostHelpful) => Sort::MostHelpful,
+            _ => Sort::Newest,
+        };
         let before = page_token(&request.page_token)?;
         let limit = page_size(request.page_size);
         let mut reviews = self
             .store
-            .product_reviews(product_id, viewer_id, before, limit + 1)
+            .product_reviews(product_id, viewer_id, sort, before, limit + 1)
             .await?;
-        let next_page_token = next_token(&mut reviews, limit, |r| (r.created_at_ms, r.id));
+        let next_page_token = next_token(&mut reviews, limit, |r| (sort.rank(r), r.id));
         let aggregate = self.store.aggregate(product_id).await?;
         let moderator = viewer.is_some_and(|c| c.can(MODERATE));
         Ok(ListProductReviewsResponse {
@@ -262,6 +270,30 @@ impl ReviewHandler {
             ));
         }
         Ok(())
+    }
+
+    /// Records `caller`'s helpful vote for a review they can see, not their own; once.
+    pub async fn vote(&self, caller: &Caller, id: &str) -> Result<VoteHelpfulResponse> {
+        let review = self.visible(caller, id).await?;
+        if review.user_id.to_string() == caller.user_id {
+            return Err(Error::failed_precondition(
+                "OWN_REVIEW",
+                "you cannot vote for your own review",
+            ));
+        }
+        let user_id = Error::parse_id("user_id", &caller.user_id)?;
+        match self
+            .store
+            .vote(review.id, user_id)
+            .await
+            .map_err(|e| e.or_missing(not_found))?
+        {
+            Some(helpful_count) => Ok(VoteHelpfulResponse { helpful_count }),
+            None => Err(Error::already_exists(
+                "ALREADY_VOTED",
+                "you have voted for this review already",
+            )),
+        }
     }
 
     /// A page of a moderation queue: pending reviews oldest first, or reported ones.
@@ -427,6 +459,7 @@ fn view(review: &ReviewRecord, privileged: bool) -> Review {
         updated_at: Some(timestamp(review.updated_at_ms)),
         language: review.language.clone(),
         report_count: if privileged { review.report_count } else { 0 },
+        helpful_count: review.helpful_count,
     }
 }
 
@@ -701,6 +734,21 @@ mod tests {
                 count: 1
             }
         );
+
+        assert_eq!(
+            handler.vote(&bob, &review.id).await.unwrap().helpful_count,
+            1
+        );
+        let error = handler.vote(&bob, &review.id).await.unwrap_err();
+        assert_eq!(error.reason(), "ALREADY_VOTED");
+        let error = handler.vote(&ada, &review.id).await.unwrap_err();
+        assert_eq!(error.reason(), "OWN_REVIEW");
+        let helpful = ListProductReviewsRequest {
+            sort: ReviewSort::MostHelpful as i32,
+            ..listing(lamp)
+        };
+        let listed = handler.list(None, &helpful).await.unwrap();
+        assert_eq!(listed.reviews[0].helpful_count, 1);
 
         handler.report(&bob, &review.id, "spam").await.unwrap();
         let error = handler.report(&bob, &review.id, "spam").await.unwrap_err();

@@ -82,6 +82,8 @@ pub struct ReviewRecord {
     pub report_count: i32,
     /// When it was first reported since its last moderation: it is in the reported queue.
     pub reported_at_ms: Option<i64>,
+    /// Users who found it helpful. Kept by [`ReviewStore::vote`] only; other writes leave it.
+    pub helpful_count: i32,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     /// 1 at creation, one more with every change; a change applies only over the version read.
@@ -158,6 +160,46 @@ pub struct Processed<'a> {
     pub event_id: &'a str,
 }
 
+/// The order of a product's reviews. Each is one descending rank, so a page token (the rank
+/// and the id of the last review) continues any of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Sort {
+    #[default]
+    Newest,
+    /// Most stars first.
+    Highest,
+    /// Fewest stars first.
+    Lowest,
+    /// Most helpful votes first.
+    MostHelpful,
+}
+
+/// Ranks weigh their first key by this, above any creation time in milliseconds.
+pub(crate) const RANK_WEIGHT: i64 = 10_000_000_000_000;
+
+impl Sort {
+    /// The number the store matches the rank's first key with (0 for creation time alone).
+    pub(crate) fn code(self) -> i64 {
+        match self {
+            Self::Newest => 0,
+            Self::Highest => 1,
+            Self::Lowest => 2,
+            Self::MostHelpful => 3,
+        }
+    }
+
+    /// Where `review` stands in this order, highest first; newer first among equals.
+    pub fn rank(self, review: &ReviewRecord) -> i64 {
+        let first = match self {
+            Self::Newest => 0,
+            Self::Highest => i64::from(review.rating),
+            Self::Lowest => 6 - i64::from(review.rating),
+            Self::MostHelpful => i64::from(review.helpful_count),
+        };
+        first * RANK_WEIGHT + review.created_at_ms
+    }
+}
+
 /// Which moderation queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -219,15 +261,20 @@ pub trait ReviewStore: Send + Sync + 'static {
         announce: &Announce,
     ) -> Result<Option<Aggregate>, StoreError>;
 
-    /// A product's reviews newest first, before `before`: the published ones and, with
-    /// `viewer`, that user's own in any status.
+    /// A product's reviews in `sort`'s order, after `before` (a rank and an id, see
+    /// [`Sort::rank`]): the published ones and, with `viewer`, that user's own in any status.
     async fn product_reviews(
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
+        sort: Sort,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError>;
+
+    /// Records `user_id`'s helpful vote for review `id`: the review's new count, or `None`
+    /// when they voted for it before; [`StoreError::NotFound`] when there is no such review.
+    async fn vote(&self, id: Uuid, user_id: Uuid) -> Result<Option<i32>, StoreError>;
 
     /// A moderation queue, after `after` in its order. The cursor is the queue's time (creation
     /// for pending, first report for reported) and the id.
@@ -308,11 +355,24 @@ pub const SQLITE: &[Migration] = &[
     },
     shopmesh_events::outbox::sqlite_migration(2),
     shopmesh_events::inbox::sqlite_migration(3),
+    Migration {
+        version: 4,
+        name: "helpful_votes",
+        statements: "
+            ALTER TABLE reviews ADD COLUMN helpful_count INTEGER NOT NULL DEFAULT 0;
+            CREATE TABLE helpful_votes (
+                review_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                PRIMARY KEY (review_id, user_id)
+            );
+        ",
+    },
 ];
 
 /// The CQL schema, query first: a review by id; a product's reviews newest first; a user's
-/// review of a product (the uniqueness claim); the moderation queues by time; reports per
-/// review; aggregates per product; and purchases per user.
+/// review of a product (the uniqueness claim); the moderation queues by time; reports and
+/// helpful votes per review (the count beside the review, as the review row changes only
+/// over its version); aggregates per product; and purchases per user.
 pub const CQL: &[Migration] = &[
     Migration {
         version: 1,
@@ -379,6 +439,18 @@ pub const CQL: &[Migration] = &[
     },
     shopmesh_events::outbox::cql_migration(2),
     shopmesh_events::inbox::cql_migration(3),
+    Migration {
+        version: 4,
+        name: "helpful_votes",
+        statements: "
+            CREATE TABLE IF NOT EXISTS helpful_votes (
+                review_id uuid,
+                user_id uuid,
+                PRIMARY KEY ((review_id), user_id)
+            );
+            CREATE TABLE IF NOT EXISTS helpful_counts (review_id uuid PRIMARY KEY, votes int);
+        ",
+    },
 ];
 
 /// Whether a change from `previous` to `next` can move the product's aggregate.

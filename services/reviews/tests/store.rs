@@ -11,7 +11,7 @@ use shopmesh_reviews::store::cql::CqlReviews;
 use shopmesh_reviews::store::sqlite::SqliteReviews;
 use shopmesh_reviews::store::{
     Aggregate, Announce, CQL, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, SQLITE,
-    Status, StoreError,
+    Sort, Status, StoreError,
 };
 use shopmesh_testkit::contract_suite;
 use shopmesh_testkit::storage::{self as testing, TempSqlite};
@@ -57,6 +57,7 @@ fn review(product_id: Uuid, user_id: Uuid, rating: i32, status: Status, at: i64)
         moderation_reason: String::new(),
         report_count: 0,
         reported_at_ms: None,
+        helpful_count: 0,
         created_at_ms: at,
         updated_at_ms: at,
         version: 1,
@@ -279,19 +280,31 @@ async fn listings_show_published_reviews_and_the_viewers_own((store, _db): Subje
 
     let ids = |reviews: &[ReviewRecord]| reviews.iter().map(|r| r.id).collect::<Vec<_>>();
     let newest_first: Vec<Uuid> = published.iter().rev().map(|r| r.id).collect();
-    let anyone = store.product_reviews(lamp, None, None, 10).await.unwrap();
+    let anyone = store
+        .product_reviews(lamp, None, Sort::Newest, None, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&anyone), newest_first);
-    let first = store.product_reviews(lamp, None, None, 2).await.unwrap();
+    let first = store
+        .product_reviews(lamp, None, Sort::Newest, None, 2)
+        .await
+        .unwrap();
     assert_eq!(ids(&first), newest_first[..2]);
     let last = first.last().unwrap();
     let rest = store
-        .product_reviews(lamp, None, Some((last.created_at_ms, last.id)), 10)
+        .product_reviews(
+            lamp,
+            None,
+            Sort::Newest,
+            Some((last.created_at_ms, last.id)),
+            10,
+        )
         .await
         .unwrap();
     assert_eq!(ids(&rest), newest_first[2..]);
 
     let seen_by_ada = store
-        .product_reviews(lamp, Some(ada), None, 10)
+        .product_reviews(lamp, Some(ada), Sort::Newest, None, 10)
         .await
         .unwrap();
     assert_eq!(seen_by_ada.len(), 6);
@@ -377,6 +390,67 @@ async fn moderation_queues_hold_pending_and_reported_reviews((store, _db): Subje
     );
 }
 
+async fn helpful_votes_count_once_and_order_listings((store, _db): Subject) {
+    let (announce, _) = announcer();
+    let lamp = Uuid::now_v7();
+    let one = review(lamp, Uuid::now_v7(), 1, Status::Published, 1_000);
+    let five = review(lamp, Uuid::now_v7(), 5, Status::Published, 2_000);
+    let three = review(lamp, Uuid::now_v7(), 3, Status::Published, 3_000);
+    let also_five = review(lamp, Uuid::now_v7(), 5, Status::Published, 4_000);
+    for r in [&one, &five, &three, &also_five] {
+        store.create(r, &announce).await.unwrap();
+    }
+    let (ada, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    assert_eq!(store.vote(three.id, ada).await.unwrap(), Some(1));
+    assert_eq!(store.vote(three.id, ada).await.unwrap(), None);
+    assert_eq!(store.vote(three.id, bob).await.unwrap(), Some(2));
+    assert_eq!(store.vote(one.id, bob).await.unwrap(), Some(1));
+    assert!(matches!(
+        store.vote(Uuid::now_v7(), ada).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.review(three.id).await.unwrap().unwrap().helpful_count,
+        2
+    );
+
+    let order = |sort: Sort| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut before = None;
+            // Pages of two, so every order is also paged by its token.
+            loop {
+                let page = store
+                    .product_reviews(lamp, None, sort, before, 2)
+                    .await
+                    .unwrap();
+                ids.extend(page.iter().map(|r| r.id));
+                match page.last() {
+                    Some(last) if page.len() == 2 => before = Some((sort.rank(last), last.id)),
+                    _ => return ids,
+                }
+            }
+        }
+    };
+    assert_eq!(
+        order(Sort::Newest).await,
+        [also_five.id, three.id, five.id, one.id]
+    );
+    assert_eq!(
+        order(Sort::Highest).await,
+        [also_five.id, five.id, three.id, one.id]
+    );
+    assert_eq!(
+        order(Sort::Lowest).await,
+        [one.id, three.id, also_five.id, five.id]
+    );
+    assert_eq!(
+        order(Sort::MostHelpful).await,
+        [three.id, one.id, also_five.id, five.id]
+    );
+}
+
 contract_suite! {
     sqlite => sqlite_store, cql => cql_store;
     [
@@ -386,5 +460,6 @@ contract_suite! {
         the_aggregate_recounts_published_reviews_with_each_change,
         listings_show_published_reviews_and_the_viewers_own,
         moderation_queues_hold_pending_and_reported_reviews,
+        helpful_votes_count_once_and_order_listings,
     ]
 }

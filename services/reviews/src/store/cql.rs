@@ -24,8 +24,8 @@ use shopmesh_storage::cql::{Cql, lwt_applied};
 use uuid::Uuid;
 
 use super::{
-    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Status,
-    StoreError, TOPIC, counts, status_from,
+    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Sort,
+    Status, StoreError, TOPIC, counts, status_from,
 };
 
 const COLUMNS: &str = "id, product_id, user_id, status, rating, title, body, language, moderation_reason, report_count, reported_at, created_at, updated_at, version";
@@ -83,6 +83,12 @@ pub struct CqlReviews {
     select_rating: PreparedStatement,
     insert_rating: PreparedStatement,
     update_rating: PreparedStatement,
+    insert_vote: PreparedStatement,
+    delete_votes: PreparedStatement,
+    select_helpful: PreparedStatement,
+    first_helpful: PreparedStatement,
+    count_helpful: PreparedStatement,
+    delete_helpful: PreparedStatement,
 }
 
 impl CqlReviews {
@@ -186,6 +192,24 @@ impl CqlReviews {
                 .await?,
             update_rating: cql
                 .prepare("UPDATE ratings SET stars = ?, version = ? WHERE product_id = ? IF version = ?")
+                .await?,
+            insert_vote: cql
+                .prepare("INSERT INTO helpful_votes (review_id, user_id) VALUES (?, ?) IF NOT EXISTS")
+                .await?,
+            delete_votes: cql
+                .prepare("DELETE FROM helpful_votes WHERE review_id = ?")
+                .await?,
+            select_helpful: cql
+                .prepare("SELECT votes FROM helpful_counts WHERE review_id = ?")
+                .await?,
+            first_helpful: cql
+                .prepare("INSERT INTO helpful_counts (review_id, votes) VALUES (?, 1) IF NOT EXISTS")
+                .await?,
+            count_helpful: cql
+                .prepare("UPDATE helpful_counts SET votes = ? WHERE review_id = ? IF votes = ?")
+                .await?,
+            delete_helpful: cql
+                .prepare("DELETE FROM helpful_counts WHERE review_id = ?")
                 .await?,
             cql,
         })
@@ -338,6 +362,7 @@ fn record(row: ReviewRow) -> Result<ReviewRecord, StoreError> {
         created_at_ms,
         updated_at_ms,
         version,
+        helpful_count: 0,
     })
 }
 
@@ -453,11 +478,18 @@ impl ReviewStore for CqlReviews {
     }
 
     async fn review(&self, id: Uuid) -> Result<Option<ReviewRecord>, StoreError> {
-        self.cql
+        let Some(mut review) = self
+            .cql
             .first_row::<ReviewRow>(&self.select_review, (id,))
             .await?
             .map(record)
-            .transpose()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let votes: Option<(Option<i32>,)> = self.cql.first_row(&self.select_helpful, (id,)).await?;
+        review.helpful_count = votes.and_then(|(votes,)| votes).unwrap_or(0);
+        Ok(Some(review))
     }
 
     async fn update(
@@ -547,6 +579,8 @@ impl ReviewStore for CqlReviews {
                 .await?;
         }
         self.cql.execute(&self.delete_reports, (review.id,)).await?;
+        self.cql.execute(&self.delete_votes, (review.id,)).await?;
+        self.cql.execute(&self.delete_helpful, (review.id,)).await?;
         self.cql
             .execute(
                 &self.release_claim,
@@ -563,9 +597,38 @@ impl ReviewStore for CqlReviews {
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
+        sort: Sort,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError> {
+        let visible = |review: &ReviewRecord| {
+            review.status == Status::Published || Some(review.user_id) == viewer
+        };
+        if sort != Sort::Newest {
+            // Other orders rank the whole product partition: a product's reviews, not the shop's.
+            let (at, id) = before.unwrap_or((i64::MAX, Uuid::max()));
+            let entries: Vec<(i64, Uuid)> = self
+                .cql
+                .rows(
+                    &self.product_page,
+                    (product_id, i64::MAX, Uuid::max(), i32::MAX),
+                )
+                .await?;
+            let mut ranked: Vec<(i64, Uuid, ReviewRecord)> = self
+                .reviews(&entries)
+                .await?
+                .into_iter()
+                .filter(|review| visible(review))
+                .map(|review| (sort.rank(&review), review.id, review))
+                .filter(|(rank, review_id, _)| (*rank, *review_id) < (at, id))
+                .collect();
+            ranked.sort_by_key(|(rank, id, _)| std::cmp::Reverse((*rank, *id)));
+            return Ok(ranked
+                .into_iter()
+                .take(limit)
+                .map(|(_, _, review)| review)
+                .collect());
+        }
         let (mut at, mut id) = before.unwrap_or((i64::MAX, Uuid::max()));
         let mut found = Vec::with_capacity(limit);
         // Hidden reviews are skipped, so read on in pages until the page is full.
@@ -576,7 +639,7 @@ impl ReviewStore for CqlReviews {
                 .rows(&self.product_page, (product_id, at, id, page as i32))
                 .await?;
             for review in self.reviews(&entries).await? {
-                if review.status == Status::Published || Some(review.user_id) == viewer {
+                if visible(&review) {
                     found.push(review);
                     if found.len() == limit {
                         return Ok(found);
@@ -586,6 +649,32 @@ impl ReviewStore for CqlReviews {
             match entries.last() {
                 Some(last) if entries.len() == page => (at, id) = *last,
                 _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn vote(&self, id: Uuid, user_id: Uuid) -> Result<Option<i32>, StoreError> {
+        if self.review(id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let inserted = self.cql.execute(&self.insert_vote, (id, user_id)).await?;
+        if !lwt_applied(inserted)? {
+            return Ok(None);
+        }
+        loop {
+            let votes: Option<(Option<i32>,)> =
+                self.cql.first_row(&self.select_helpful, (id,)).await?;
+            let (written, count) = match votes.and_then(|(votes,)| votes) {
+                None => (self.cql.execute(&self.first_helpful, (id,)).await?, 1),
+                Some(votes) => (
+                    self.cql
+                        .execute(&self.count_helpful, (votes + 1, id, votes))
+                        .await?,
+                    votes + 1,
+                ),
+            };
+            if lwt_applied(written)? {
+                return Ok(Some(count));
             }
         }
     }

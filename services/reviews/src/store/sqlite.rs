@@ -9,11 +9,11 @@ use shopmesh_storage::sqlite::{Sqlite, json_at, unreadable, uuid_at};
 use uuid::Uuid;
 
 use super::{
-    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Status,
-    StoreError, TOPIC, counts, status_from,
+    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, RANK_WEIGHT, ReviewRecord,
+    ReviewStore, Sort, Status, StoreError, TOPIC, counts, status_from,
 };
 
-const COLUMNS: &str = "id, product_id, user_id, status, rating, title, body, language, moderation_reason, report_count, reported_at, created_at, updated_at, version";
+const COLUMNS: &str = "id, product_id, user_id, status, rating, title, body, language, moderation_reason, report_count, reported_at, created_at, updated_at, version, helpful_count";
 
 #[derive(Debug, Clone)]
 pub struct SqliteReviews(pub Sqlite);
@@ -35,6 +35,7 @@ fn review(row: &Row<'_>) -> rusqlite::Result<ReviewRecord> {
         created_at_ms: row.get(11)?,
         updated_at_ms: row.get(12)?,
         version: row.get(13)?,
+        helpful_count: row.get(14)?,
     })
 }
 
@@ -194,7 +195,7 @@ impl ReviewStore for SqliteReviews {
             .write(move |tx| {
                 let inserted = tx
                     .prepare_cached(&format!(
-                        "INSERT INTO reviews ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        "INSERT INTO reviews ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                          ON CONFLICT (product_id, user_id) DO NOTHING"
                     ))?
                     .execute(params![
@@ -211,7 +212,8 @@ impl ReviewStore for SqliteReviews {
                         review.reported_at_ms,
                         review.created_at_ms,
                         review.updated_at_ms,
-                        review.version
+                        review.version,
+                        review.helpful_count
                     ])?;
                 if inserted == 0 {
                     return Err(StoreError::Conflict);
@@ -297,6 +299,8 @@ impl ReviewStore for SqliteReviews {
                 }
                 tx.prepare_cached("DELETE FROM review_reports WHERE review_id = ?1")?
                     .execute([review.id.to_string()])?;
+                tx.prepare_cached("DELETE FROM helpful_votes WHERE review_id = ?1")?
+                    .execute([review.id.to_string()])?;
                 counts(Some(&review), None)
                     .then(|| recount(tx, review.product_id, &announce))
                     .transpose()
@@ -308,16 +312,21 @@ impl ReviewStore for SqliteReviews {
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
+        sort: Sort,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError> {
         self.0
             .read(move |db| {
                 let (at, id) = before.unwrap_or((i64::MAX, Uuid::max()));
+                // The rank of `Sort::rank`, computed here so every order pages the same way.
                 let mut statement = db.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM reviews
-                     WHERE product_id = ?1 AND (status = ?2 OR user_id = ?3) AND (created_at, id) < (?4, ?5)
-                     ORDER BY created_at DESC, id DESC LIMIT ?6"
+                    "SELECT {COLUMNS} FROM (
+                         SELECT *, (CASE ?6 WHEN 1 THEN rating WHEN 2 THEN 6 - rating
+                                            WHEN 3 THEN helpful_count ELSE 0 END) * ?7 + created_at AS rank
+                         FROM reviews WHERE product_id = ?1 AND (status = ?2 OR user_id = ?3))
+                     WHERE (rank, id) < (?4, ?5)
+                     ORDER BY rank DESC, id DESC LIMIT ?8"
                 ))?;
                 let rows = statement.query_map(
                     params![
@@ -326,11 +335,42 @@ impl ReviewStore for SqliteReviews {
                         viewer.map(|v| v.to_string()),
                         at,
                         id.to_string(),
+                        sort.code(),
+                        RANK_WEIGHT,
                         limit as i64
                     ],
                     review,
                 )?;
                 Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+            .await
+    }
+
+    async fn vote(&self, id: Uuid, user_id: Uuid) -> Result<Option<i32>, StoreError> {
+        self.0
+            .write(move |tx| {
+                let exists: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM reviews WHERE id = ?1)")?
+                    .query_row([id.to_string()], |row| row.get(0))?;
+                if !exists {
+                    return Err(StoreError::NotFound);
+                }
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO helpful_votes (review_id, user_id) VALUES (?1, ?2)
+                         ON CONFLICT (review_id, user_id) DO NOTHING",
+                    )?
+                    .execute(params![id.to_string(), user_id.to_string()])?;
+                if inserted == 0 {
+                    return Ok(None);
+                }
+                let count = tx
+                    .prepare_cached(
+                        "UPDATE reviews SET helpful_count = helpful_count + 1 WHERE id = ?1
+                         RETURNING helpful_count",
+                    )?
+                    .query_row([id.to_string()], |row| row.get(0))?;
+                Ok(Some(count))
             })
             .await
     }
