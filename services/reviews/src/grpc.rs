@@ -9,8 +9,8 @@ use shopmesh_proto::shopmesh::reviews::v1::review_service_server::ReviewService;
 use shopmesh_proto::shopmesh::reviews::v1::{
     CreateReviewRequest, DeleteReviewRequest, DeleteReviewResponse, ListProductReviewsRequest,
     ListProductReviewsResponse, ListReviewsForModerationRequest, ListReviewsForModerationResponse,
-    ModerateReviewRequest, ReportReviewRequest, ReportReviewResponse, Review, UpdateReviewRequest,
-    VoteHelpfulRequest, VoteHelpfulResponse,
+    ModerateReviewRequest, RecountRatingRequest, RecountRatingResponse, ReportReviewRequest,
+    ReportReviewResponse, Review, UpdateReviewRequest, VoteHelpfulRequest, VoteHelpfulResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -85,6 +85,15 @@ impl ReviewService for ReviewApi {
         request: Request<ModerateReviewRequest>,
     ) -> Result<Response<Review>, Status> {
         Ok(Response::new(self.0.moderate(request.get_ref()).await?))
+    }
+
+    async fn recount_rating(
+        &self,
+        request: Request<RecountRatingRequest>,
+    ) -> Result<Response<RecountRatingResponse>, Status> {
+        Ok(Response::new(
+            self.0.recount(&request.get_ref().product_id).await?,
+        ))
     }
 
     async fn list_reviews_for_moderation(

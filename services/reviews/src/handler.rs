@@ -16,8 +16,8 @@ use shopmesh_proto::shopmesh::events::v1::{
 use shopmesh_proto::shopmesh::reviews::v1::{
     CreateReviewRequest, ListProductReviewsRequest, ListProductReviewsResponse,
     ListReviewsForModerationRequest, ListReviewsForModerationResponse, ModerateReviewRequest,
-    ModerationQueue, RatingHistogram, Review, ReviewSort, ReviewStatus, UpdateReviewRequest,
-    VoteHelpfulResponse,
+    ModerationQueue, RatingHistogram, RecountRatingResponse, Review, ReviewSort, ReviewStatus,
+    UpdateReviewRequest, VoteHelpfulResponse,
 };
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -315,6 +315,21 @@ impl ReviewHandler {
         Ok(ListReviewsForModerationResponse {
             reviews: reviews.iter().map(|r| view(r, true)).collect(),
             next_page_token,
+        })
+    }
+
+    /// Recounts a product's rating and sends it to catalog again (the caller holds
+    /// [`MODERATE`]).
+    pub async fn recount(&self, product_id: &str) -> Result<RecountRatingResponse> {
+        let product_id = Error::parse_id("product_id", product_id)?;
+        let aggregate = self.store.recount(product_id, &announce()).await?;
+        self.changed(Some(aggregate));
+        Ok(RecountRatingResponse {
+            rating: Some(summary(&aggregate)),
+            histogram: Some(RatingHistogram {
+                stars: aggregate.stars.to_vec(),
+            }),
+            version: aggregate.version,
         })
     }
 
@@ -749,6 +764,15 @@ mod tests {
         };
         let listed = handler.list(None, &helpful).await.unwrap();
         assert_eq!(listed.reviews[0].helpful_count, 1);
+        let recounted = handler.recount(&lamp.to_string()).await.unwrap();
+        assert_eq!(
+            recounted.rating.unwrap(),
+            RatingSummary {
+                average: 5.0,
+                count: 1
+            }
+        );
+        assert_eq!(recounted.histogram.unwrap().stars, [0, 0, 0, 0, 1]);
 
         handler.report(&bob, &review.id, "spam").await.unwrap();
         let error = handler.report(&bob, &review.id, "spam").await.unwrap_err();

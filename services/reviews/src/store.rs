@@ -297,6 +297,11 @@ pub trait ReviewStore: Send + Sync + 'static {
 
     /// A product's aggregate as last written (all zero, version 0, before its first review).
     async fn aggregate(&self, product_id: Uuid) -> Result<Aggregate, StoreError>;
+
+    /// Recounts a product's published reviews and writes the aggregate one version up with its
+    /// event, whatever it said before (a repair).
+    async fn recount(&self, product_id: Uuid, announce: &Announce)
+    -> Result<Aggregate, StoreError>;
 }
 
 // The host opens the repository on either backend, with its outbox relay running.

@@ -255,6 +255,11 @@ async fn the_aggregate_recounts_published_reviews_with_each_change((store, _db):
     assert_eq!(store.aggregate(lamp).await.unwrap().version, 4);
     let other = store.aggregate(Uuid::now_v7()).await.unwrap();
     assert_eq!(other.version, 0, "aggregates are per product");
+
+    // A recount on demand agrees with the reviews and is announced as a new version.
+    let recounted = store.recount(lamp, &announce).await.unwrap();
+    assert_eq!((recounted.stars, recounted.version), ([0; 5], 5));
+    assert_eq!(told.load(Ordering::SeqCst), 5);
 }
 
 async fn listings_show_published_reviews_and_the_viewers_own((store, _db): Subject) {

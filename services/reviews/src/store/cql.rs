@@ -754,4 +754,12 @@ impl ReviewStore for CqlReviews {
     async fn aggregate(&self, product_id: Uuid) -> Result<Aggregate, StoreError> {
         self.stored_aggregate(product_id).await
     }
+
+    async fn recount(
+        &self,
+        product_id: Uuid,
+        announce: &Announce,
+    ) -> Result<Aggregate, StoreError> {
+        CqlReviews::recount(self, product_id, announce).await
+    }
 }

@@ -453,4 +453,15 @@ impl ReviewStore for SqliteReviews {
             .read(move |db| stored_aggregate(db, product_id))
             .await
     }
+
+    async fn recount(
+        &self,
+        product_id: Uuid,
+        announce: &Announce,
+    ) -> Result<Aggregate, StoreError> {
+        let announce = announce.clone();
+        self.0
+            .write(move |tx| recount(tx, product_id, &announce))
+            .await
+    }
 }
