@@ -27,7 +27,10 @@ impl ReviewService for ReviewApi {
         request: Request<ListProductReviewsRequest>,
     ) -> Result<Response<ListProductReviewsResponse>, Status> {
         let viewer = Caller::optional(&request);
-        Ok(Response::new(self.0.list(viewer, request.get_ref()).await?))
+        let accepted = locale::accepted(request.metadata());
+        Ok(Response::new(
+            self.0.list(viewer, request.get_ref(), &accepted).await?,
+        ))
     }
 
     async fn create_review(

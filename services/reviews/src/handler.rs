@@ -23,8 +23,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::store::{
-    Aggregate, Announce, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Sort, Status,
-    StoreError,
+    Aggregate, Announce, PlacedOrder, Processed, Queue, Ranking, ReviewRecord, ReviewStore, Sort,
+    Status, StoreError, primary_language,
 };
 
 /// Lets a caller moderate: approve, reject, delete others' reviews, see moderation details.
@@ -139,11 +139,13 @@ impl ReviewHandler {
         Ok(view(&review, true))
     }
 
-    /// A page of a product's reviews, with its rating: the published ones, and the viewer's own.
+    /// A page of a product's reviews, with its rating: the published ones, and the viewer's own;
+    /// those in the first of the viewer's languages `accepted` first.
     pub async fn list(
         &self,
         viewer: Option<&Caller>,
         request: &ListProductReviewsRequest,
+        accepted: &[String],
     ) -> Result<ListProductReviewsResponse> {
         let product_id = Error::parse_id("product_id", &request.product_id)?;
         let viewer_id = viewer.and_then(|c| Uuid::parse_str(&c.user_id).ok());
@@ -155,11 +157,15 @@ impl ReviewHandler {
         };
         let before = page_token(&request.page_token)?;
         let limit = page_size(request.page_size);
+        let ranking = Ranking {
+            sort,
+            language: accepted.first().map(|tag| primary_language(tag)),
+        };
         let mut reviews = self
             .store
-            .product_reviews(product_id, viewer_id, sort, before, limit + 1)
+            .product_reviews(product_id, viewer_id, &ranking, before, limit + 1)
             .await?;
-        let next_page_token = next_token(&mut reviews, limit, |r| (sort.rank(r), r.id));
+        let next_page_token = next_token(&mut reviews, limit, |r| (ranking.rank(r), r.id));
         let aggregate = self.store.aggregate(product_id).await?;
         let moderator = viewer.is_some_and(|c| c.can(MODERATE));
         Ok(ListProductReviewsResponse {
@@ -667,9 +673,9 @@ mod tests {
         buy(&handler, &ada, lamp).await;
         let review = handler.create(&ada, &request(lamp, 4), &[]).await.unwrap();
 
-        let own = handler.list(Some(&ada), &listing(lamp)).await.unwrap();
+        let own = handler.list(Some(&ada), &listing(lamp), &[]).await.unwrap();
         assert_eq!(own.reviews.len(), 1, "its author sees it at once");
-        let others = handler.list(Some(&bob), &listing(lamp)).await.unwrap();
+        let others = handler.list(Some(&bob), &listing(lamp), &[]).await.unwrap();
         assert!(others.reviews.is_empty(), "others see it after approval");
         assert_eq!(others.rating.unwrap().count, 0);
         let queue = handler
@@ -686,7 +692,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let anyone = handler.list(None, &listing(lamp)).await.unwrap();
+        let anyone = handler.list(None, &listing(lamp), &[]).await.unwrap();
         assert_eq!(anyone.reviews.len(), 1);
         assert_eq!(
             anyone.rating.unwrap(),
@@ -706,12 +712,15 @@ mod tests {
             })
             .await
             .unwrap();
-        let anyone = handler.list(None, &listing(lamp)).await.unwrap();
+        let anyone = handler.list(None, &listing(lamp), &[]).await.unwrap();
         assert!(anyone.reviews.is_empty());
         assert_eq!(anyone.rating.unwrap().count, 0);
-        let own = handler.list(Some(&ada), &listing(lamp)).await.unwrap();
+        let own = handler.list(Some(&ada), &listing(lamp), &[]).await.unwrap();
         assert_eq!(own.reviews[0].moderation_reason, "mentions a competitor");
-        let seen_by_admin = handler.list(Some(&admin), &listing(lamp)).await.unwrap();
+        let seen_by_admin = handler
+            .list(Some(&admin), &listing(lamp), &[])
+            .await
+            .unwrap();
         assert!(
             seen_by_admin.reviews.is_empty(),
             "listings show published reviews"
@@ -737,7 +746,7 @@ mod tests {
         let edited = handler.update(&ada, &edit).await.unwrap();
         assert_eq!((edited.rating, edited.language.as_str()), (5, "en"));
         let rating = handler
-            .list(None, &listing(lamp))
+            .list(None, &listing(lamp), &[])
             .await
             .unwrap()
             .rating
@@ -762,7 +771,7 @@ mod tests {
             sort: ReviewSort::MostHelpful as i32,
             ..listing(lamp)
         };
-        let listed = handler.list(None, &helpful).await.unwrap();
+        let listed = handler.list(None, &helpful, &[]).await.unwrap();
         assert_eq!(listed.reviews[0].helpful_count, 1);
         let recounted = handler.recount(&lamp.to_string()).await.unwrap();
         assert_eq!(
@@ -792,7 +801,7 @@ mod tests {
         let error = handler.delete(&bob, &delete.id).await.unwrap_err();
         assert_eq!(error.reason(), "NOT_REVIEW_AUTHOR");
         handler.delete(&ada, &delete.id).await.unwrap();
-        let after = handler.list(None, &listing(lamp)).await.unwrap();
+        let after = handler.list(None, &listing(lamp), &[]).await.unwrap();
         assert!(after.reviews.is_empty());
         assert_eq!(after.rating.unwrap().count, 0);
         let error = handler.delete(&ada, &delete.id).await.unwrap_err();

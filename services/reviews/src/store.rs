@@ -176,6 +176,37 @@ pub enum Sort {
 
 /// Ranks weigh their first key by this, above any creation time in milliseconds.
 pub(crate) const RANK_WEIGHT: i64 = 10_000_000_000_000;
+/// Helpful votes beyond this rank alike, so a rank always fits an `i64`.
+pub(crate) const MAX_RANKED_VOTES: i64 = 99_999;
+/// Ranks weigh a review in the preferred language by this, above any other key.
+pub(crate) const LANGUAGE_WEIGHT: i64 = 4_000_000_000_000_000_000;
+
+/// The primary language subtag of a BCP 47 tag, lower case (`de` of `de-AT`).
+pub fn primary_language(tag: &str) -> String {
+    tag.split('-')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// How a product's reviews are listed: by `sort`, and those in `language` (a primary subtag,
+/// see [`primary_language`]) first when given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ranking {
+    pub sort: Sort,
+    pub language: Option<String>,
+}
+
+impl Ranking {
+    /// Where `review` stands, highest first (see [`Sort::rank`]).
+    pub fn rank(&self, review: &ReviewRecord) -> i64 {
+        let preferred = self
+            .language
+            .as_deref()
+            .is_some_and(|language| primary_language(&review.language) == language);
+        i64::from(preferred) * LANGUAGE_WEIGHT + self.sort.rank(review)
+    }
+}
 
 impl Sort {
     /// The number the store matches the rank's first key with (0 for creation time alone).
@@ -194,7 +225,7 @@ impl Sort {
             Self::Newest => 0,
             Self::Highest => i64::from(review.rating),
             Self::Lowest => 6 - i64::from(review.rating),
-            Self::MostHelpful => i64::from(review.helpful_count),
+            Self::MostHelpful => i64::from(review.helpful_count).min(MAX_RANKED_VOTES),
         };
         first * RANK_WEIGHT + review.created_at_ms
     }
@@ -261,13 +292,13 @@ pub trait ReviewStore: Send + Sync + 'static {
         announce: &Announce,
     ) -> Result<Option<Aggregate>, StoreError>;
 
-    /// A product's reviews in `sort`'s order, after `before` (a rank and an id, see
-    /// [`Sort::rank`]): the published ones and, with `viewer`, that user's own in any status.
+    /// A product's reviews in `ranking`'s order, after `before` (a rank and an id, see
+    /// [`Ranking::rank`]): the published ones and, with `viewer`, that user's own in any status.
     async fn product_reviews(
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
-        sort: Sort,
+        ranking: &Ranking,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError>;

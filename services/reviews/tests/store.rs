@@ -10,8 +10,8 @@ use shopmesh_events::Event;
 use shopmesh_reviews::store::cql::CqlReviews;
 use shopmesh_reviews::store::sqlite::SqliteReviews;
 use shopmesh_reviews::store::{
-    Aggregate, Announce, CQL, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, SQLITE,
-    Sort, Status, StoreError,
+    Aggregate, Announce, CQL, PlacedOrder, Processed, Queue, Ranking, ReviewRecord, ReviewStore,
+    SQLITE, Sort, Status, StoreError,
 };
 use shopmesh_testkit::contract_suite;
 use shopmesh_testkit::storage::{self as testing, TempSqlite};
@@ -286,12 +286,12 @@ async fn listings_show_published_reviews_and_the_viewers_own((store, _db): Subje
     let ids = |reviews: &[ReviewRecord]| reviews.iter().map(|r| r.id).collect::<Vec<_>>();
     let newest_first: Vec<Uuid> = published.iter().rev().map(|r| r.id).collect();
     let anyone = store
-        .product_reviews(lamp, None, Sort::Newest, None, 10)
+        .product_reviews(lamp, None, &Ranking::default(), None, 10)
         .await
         .unwrap();
     assert_eq!(ids(&anyone), newest_first);
     let first = store
-        .product_reviews(lamp, None, Sort::Newest, None, 2)
+        .product_reviews(lamp, None, &Ranking::default(), None, 2)
         .await
         .unwrap();
     assert_eq!(ids(&first), newest_first[..2]);
@@ -300,7 +300,7 @@ async fn listings_show_published_reviews_and_the_viewers_own((store, _db): Subje
         .product_reviews(
             lamp,
             None,
-            Sort::Newest,
+            &Ranking::default(),
             Some((last.created_at_ms, last.id)),
             10,
         )
@@ -309,7 +309,7 @@ async fn listings_show_published_reviews_and_the_viewers_own((store, _db): Subje
     assert_eq!(ids(&rest), newest_first[2..]);
 
     let seen_by_ada = store
-        .product_reviews(lamp, Some(ada), Sort::Newest, None, 10)
+        .product_reviews(lamp, Some(ada), &Ranking::default(), None, 10)
         .await
         .unwrap();
     assert_eq!(seen_by_ada.len(), 6);
@@ -426,13 +426,17 @@ async fn helpful_votes_count_once_and_order_listings((store, _db): Subject) {
             let mut before = None;
             // Pages of two, so every order is also paged by its token.
             loop {
+                let ranking = Ranking {
+                    sort,
+                    language: None,
+                };
                 let page = store
-                    .product_reviews(lamp, None, sort, before, 2)
+                    .product_reviews(lamp, None, &ranking, before, 2)
                     .await
                     .unwrap();
                 ids.extend(page.iter().map(|r| r.id));
                 match page.last() {
-                    Some(last) if page.len() == 2 => before = Some((sort.rank(last), last.id)),
+                    Some(last) if page.len() == 2 => before = Some((ranking.rank(last), last.id)),
                     _ => return ids,
                 }
             }
@@ -456,6 +460,58 @@ async fn helpful_votes_count_once_and_order_listings((store, _db): Subject) {
     );
 }
 
+async fn listings_put_the_preferred_language_first((store, _db): Subject) {
+    let (announce, _) = announcer();
+    let lamp = Uuid::now_v7();
+    let in_language = |rating: i32, language: &str, at: i64| {
+        let mut r = review(lamp, Uuid::now_v7(), rating, Status::Published, at);
+        r.language = language.into();
+        r
+    };
+    let old_german = in_language(2, "de", 1_000);
+    let english = in_language(5, "en", 2_000);
+    let austrian = in_language(4, "de-at", 3_000);
+    let newest_english = in_language(3, "en-gb", 4_000);
+    for r in [&old_german, &english, &austrian, &newest_english] {
+        store.create(r, &announce).await.unwrap();
+    }
+    let listed = |sort: Sort, language: Option<&str>| {
+        let store = store.clone();
+        let ranking = Ranking {
+            sort,
+            language: language.map(str::to_owned),
+        };
+        async move {
+            let mut ids = Vec::new();
+            let mut before = None;
+            loop {
+                let page = store
+                    .product_reviews(lamp, None, &ranking, before, 3)
+                    .await
+                    .unwrap();
+                ids.extend(page.iter().map(|r| r.id));
+                match page.last() {
+                    Some(last) if page.len() == 3 => before = Some((ranking.rank(last), last.id)),
+                    _ => return ids,
+                }
+            }
+        }
+    };
+    assert_eq!(
+        listed(Sort::Newest, Some("de")).await,
+        [austrian.id, old_german.id, newest_english.id, english.id]
+    );
+    assert_eq!(
+        listed(Sort::Highest, Some("de")).await,
+        [austrian.id, old_german.id, english.id, newest_english.id]
+    );
+    assert_eq!(
+        listed(Sort::Newest, Some("fr")).await,
+        [newest_english.id, austrian.id, english.id, old_german.id],
+        "no review in the language: the order is the sort's"
+    );
+}
+
 contract_suite! {
     sqlite => sqlite_store, cql => cql_store;
     [
@@ -466,5 +522,6 @@ contract_suite! {
         listings_show_published_reviews_and_the_viewers_own,
         moderation_queues_hold_pending_and_reported_reviews,
         helpful_votes_count_once_and_order_listings,
+        listings_put_the_preferred_language_first,
     ]
 }

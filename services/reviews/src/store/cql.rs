@@ -24,8 +24,8 @@ use shopmesh_storage::cql::{Cql, lwt_applied};
 use uuid::Uuid;
 
 use super::{
-    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, ReviewRecord, ReviewStore, Sort,
-    Status, StoreError, TOPIC, counts, status_from,
+    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, Ranking, ReviewRecord, ReviewStore,
+    Sort, Status, StoreError, TOPIC, counts, status_from,
 };
 
 const COLUMNS: &str = "id, product_id, user_id, status, rating, title, body, language, moderation_reason, report_count, reported_at, created_at, updated_at, version";
@@ -597,14 +597,14 @@ impl ReviewStore for CqlReviews {
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
-        sort: Sort,
+        ranking: &Ranking,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError> {
         let visible = |review: &ReviewRecord| {
             review.status == Status::Published || Some(review.user_id) == viewer
         };
-        if sort != Sort::Newest {
+        if ranking.sort != Sort::Newest || ranking.language.is_some() {
             // Other orders rank the whole product partition: a product's reviews, not the shop's.
             let (at, id) = before.unwrap_or((i64::MAX, Uuid::max()));
             let entries: Vec<(i64, Uuid)> = self
@@ -619,7 +619,7 @@ impl ReviewStore for CqlReviews {
                 .await?
                 .into_iter()
                 .filter(|review| visible(review))
-                .map(|review| (sort.rank(&review), review.id, review))
+                .map(|review| (ranking.rank(&review), review.id, review))
                 .filter(|(rank, review_id, _)| (*rank, *review_id) < (at, id))
                 .collect();
             ranked.sort_by_key(|(rank, id, _)| std::cmp::Reverse((*rank, *id)));

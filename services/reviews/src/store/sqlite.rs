@@ -9,8 +9,9 @@ use shopmesh_storage::sqlite::{Sqlite, json_at, unreadable, uuid_at};
 use uuid::Uuid;
 
 use super::{
-    Aggregate, Announce, Cursor, PlacedOrder, Processed, Queue, RANK_WEIGHT, ReviewRecord,
-    ReviewStore, Sort, Status, StoreError, TOPIC, counts, status_from,
+    Aggregate, Announce, Cursor, LANGUAGE_WEIGHT, MAX_RANKED_VOTES, PlacedOrder, Processed, Queue,
+    RANK_WEIGHT, Ranking, ReviewRecord, ReviewStore, Status, StoreError, TOPIC, counts,
+    status_from,
 };
 
 const COLUMNS: &str = "id, product_id, user_id, status, rating, title, body, language, moderation_reason, report_count, reported_at, created_at, updated_at, version, helpful_count";
@@ -312,18 +313,23 @@ impl ReviewStore for SqliteReviews {
         &self,
         product_id: Uuid,
         viewer: Option<Uuid>,
-        sort: Sort,
+        ranking: &Ranking,
         before: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<ReviewRecord>, StoreError> {
+        let (sort, language) = (ranking.sort.code(), ranking.language.clone());
         self.0
             .read(move |db| {
                 let (at, id) = before.unwrap_or((i64::MAX, Uuid::max()));
-                // The rank of `Sort::rank`, computed here so every order pages the same way.
+                // The rank of `Ranking::rank`, computed here so every order pages the same way.
                 let mut statement = db.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM (
-                         SELECT *, (CASE ?6 WHEN 1 THEN rating WHEN 2 THEN 6 - rating
-                                            WHEN 3 THEN helpful_count ELSE 0 END) * ?7 + created_at AS rank
+                         SELECT *,
+                             (CASE WHEN lower(substr(language, 1, instr(language || '-', '-') - 1)) = ?9
+                                   THEN ?10 ELSE 0 END)
+                             + (CASE ?6 WHEN 1 THEN rating WHEN 2 THEN 6 - rating
+                                        WHEN 3 THEN MIN(helpful_count, ?11) ELSE 0 END) * ?7
+                             + created_at AS rank
                          FROM reviews WHERE product_id = ?1 AND (status = ?2 OR user_id = ?3))
                      WHERE (rank, id) < (?4, ?5)
                      ORDER BY rank DESC, id DESC LIMIT ?8"
@@ -335,9 +341,12 @@ impl ReviewStore for SqliteReviews {
                         viewer.map(|v| v.to_string()),
                         at,
                         id.to_string(),
-                        sort.code(),
+                        sort,
                         RANK_WEIGHT,
-                        limit as i64
+                        limit as i64,
+                        language,
+                        LANGUAGE_WEIGHT,
+                        MAX_RANKED_VOTES
                     ],
                     review,
                 )?;
