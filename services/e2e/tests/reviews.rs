@@ -1,6 +1,7 @@
 //! Reviews end to end through `shopmesh up` and the edge: only a customer with a paid order may
 //! review a product, a new review waits for a moderator, others vote it helpful once, and once
-//! approved the product's details and search results carry its rating.
+//! approved the product's details and search results carry its rating; after a `kill -9` in a
+//! burst of reviews the rating still equals a count of the reviews.
 
 mod support;
 
@@ -258,4 +259,117 @@ async fn a_verified_purchasers_review_is_moderated_and_rates_the_product() {
         (first["id"] == lamp.as_str() && first["rating"]["count"] == 1).then_some(())
     })
     .await;
+}
+
+/// The published reviews of `product` as listed, and the rating the listing reports.
+async fn listed(platform: &Platform, product: &str) -> (usize, i64) {
+    let page = call(
+        platform,
+        "GET",
+        &format!("/v1/products/{product}/reviews?page_size=100"),
+        "",
+        Value::Null,
+    )
+    .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let page = page.json();
+    (
+        page["reviews"].as_array().unwrap().len(),
+        page["rating"]["count"].as_i64().unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn a_kill_in_a_burst_of_reviews_never_miscounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = ["services.reviews.post_moderation=true".to_owned()];
+    let platform = Platform::start(dir.path(), &settings).await;
+    let staff = admin(&platform).await;
+    let lamp = product(&platform, &staff, "BURST-1", "Burst lamp").await;
+    let mut buyers = Vec::new();
+    for n in 0..8 {
+        let token = customer(&platform, &format!("buyer{n}@example.com")).await;
+        buy(&platform, &token, &lamp).await;
+        buyers.push(token);
+    }
+    let reviews = format!("/v1/products/{lamp}/reviews");
+    // A burst of reviews, and SIGKILL in the middle of it.
+    let edge = platform.edge.clone();
+    let burst: Vec<_> = buyers
+        .iter()
+        .enumerate()
+        .map(|(n, token)| {
+            let (edge, token, path) = (edge.clone(), token.clone(), reviews.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(40 * n as u64)).await;
+                let body = json!({"rating": 1 + (n % 5), "body": format!("review {n}")});
+                http(
+                    &edge,
+                    "POST",
+                    &path,
+                    &[("authorization", token.as_str())],
+                    &serde_json::to_vec(&body).unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    // Killed once some reviews are in, with the rest still coming.
+    within(Duration::from_secs(10), "the first reviews", || async {
+        (listed(&platform, &lamp).await.0 >= 2).then_some(())
+    })
+    .await;
+    platform.kill().await;
+    // Requests the kill cut off fail in their tasks (the helper panics there); that is the point.
+    for task in burst {
+        let _ = task.await;
+    }
+
+    // After a restart the rating equals a count of the reviews, and catalog agrees.
+    let platform = Platform::start(dir.path(), &settings).await;
+    let (reviewed, counted) = listed(&platform, &lamp).await;
+    assert_eq!(
+        reviewed as i64, counted,
+        "the aggregate is a count of the reviews"
+    );
+    // Every buyer tries again (once their purchase is known): a review that was stored is
+    // refused as a duplicate.
+    for (n, token) in buyers.iter().enumerate() {
+        let body = json!({"rating": 1 + (n % 5), "body": format!("review {n}")});
+        let again = within(Duration::from_secs(10), "the purchase to count", || async {
+            let answer = call(&platform, "POST", &reviews, token, body.clone()).await;
+            (answer.status != 403).then_some(answer)
+        })
+        .await;
+        assert!(
+            again.status == 201 || reason(&again) == "REVIEW_EXISTS",
+            "{again:?}"
+        );
+    }
+    let (reviewed, counted) = listed(&platform, &lamp).await;
+    assert_eq!((reviewed, counted), (8, 8));
+    within(Duration::from_secs(5), "catalog to agree", || async {
+        let details = call(
+            &platform,
+            "GET",
+            &format!("/v1/products/{lamp}"),
+            "",
+            Value::Null,
+        )
+        .await
+        .json();
+        (details["rating"]["count"] == 8).then_some(())
+    })
+    .await;
+    // 1+2+3+4+5+1+2+3 stars.
+    let details = call(
+        &platform,
+        "GET",
+        &format!("/v1/products/{lamp}"),
+        "",
+        Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(details["rating"]["average"], 21.0 / 8.0);
 }
