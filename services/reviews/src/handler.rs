@@ -727,6 +727,68 @@ mod tests {
         );
     }
 
+    /// The review events waiting in the outbox, decoded.
+    async fn outbox(db: &TempSqlite) -> Vec<ReviewEvent> {
+        use shopmesh_events::outbox::OutboxStore as _;
+        shopmesh_events::outbox::sqlite::SqliteOutbox(db.db.clone())
+            .pending(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|pending| pending.topic == crate::store::TOPIC)
+            .map(|pending| ReviewEvent::decode(pending.event.payload.as_slice()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn moderation_announces_ratings_and_rejections_through_the_outbox() {
+        let (handler, db) = handler(false).await;
+        let (ada, lamp) = (caller(&[]), Uuid::now_v7());
+        buy(&handler, &ada, lamp).await;
+        let review = handler.create(&ada, &request(lamp, 3), &[]).await.unwrap();
+        assert!(
+            outbox(&db).await.is_empty(),
+            "a pending review announces nothing"
+        );
+        let decide = |status: ReviewStatus, reason: &str| ModerateReviewRequest {
+            id: review.id.clone(),
+            status: status as i32,
+            reason: reason.into(),
+        };
+        handler
+            .moderate(&decide(ReviewStatus::Published, ""))
+            .await
+            .unwrap();
+        handler
+            .moderate(&decide(ReviewStatus::Rejected, "spam"))
+            .await
+            .unwrap();
+        let events = outbox(&db).await;
+        let payloads: Vec<_> = events.iter().map(|e| e.payload.clone().unwrap()).collect();
+        match &payloads[..] {
+            [
+                review_event::Payload::RatingChanged(published),
+                review_event::Payload::Rejected(rejected),
+                review_event::Payload::RatingChanged(withdrawn),
+            ] => {
+                assert_eq!(published.version, 1);
+                assert_eq!(
+                    published.rating,
+                    Some(RatingSummary {
+                        average: 3.0,
+                        count: 1
+                    })
+                );
+                assert_eq!(rejected.reason, "spam");
+                assert_eq!(rejected.user_id, ada.user_id);
+                assert_eq!(withdrawn.version, 2);
+                assert_eq!(withdrawn.rating.unwrap().count, 0);
+            }
+            other => panic!("unexpected events {other:?}"),
+        }
+        assert!(events.iter().all(|e| e.product_id == lamp.to_string()));
+    }
+
     #[tokio::test]
     async fn post_moderation_publishes_at_once_and_authors_edit_and_delete_their_own() {
         let (handler, _db) = handler(true).await;
