@@ -4,7 +4,6 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use shopmesh_events::{Event, inbox, outbox};
-use shopmesh_storage::StorageError;
 use shopmesh_storage::sqlite::{Sqlite, json_at, unreadable, uuid_at};
 use uuid::Uuid;
 
@@ -86,10 +85,6 @@ fn recount(
     Ok(aggregate)
 }
 
-fn first(tx: &Transaction<'_>, processed: Processed<'_>) -> Result<bool, StorageError> {
-    inbox::first_delivery(tx, processed.subscription, processed.event_id)
-}
-
 #[async_trait]
 impl ReviewStore for SqliteReviews {
     async fn order_placed(
@@ -104,13 +99,7 @@ impl ReviewStore for SqliteReviews {
         );
         self.0
             .write(move |tx| {
-                if !first(
-                    tx,
-                    Processed {
-                        subscription: &subscription,
-                        event_id: &event_id,
-                    },
-                )? {
+                if !inbox::first_delivery(tx, &subscription, &event_id)? {
                     return Ok(false);
                 }
                 tx.prepare_cached(
@@ -138,13 +127,7 @@ impl ReviewStore for SqliteReviews {
         );
         self.0
             .write(move |tx| {
-                if !first(
-                    tx,
-                    Processed {
-                        subscription: &subscription,
-                        event_id: &event_id,
-                    },
-                )? {
+                if !inbox::first_delivery(tx, &subscription, &event_id)? {
                     return Ok(false);
                 }
                 let placed: Option<(String, Vec<Uuid>)> = tx
